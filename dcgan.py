@@ -1,0 +1,206 @@
+# Generated from dlnd_face_generation.ipynb by export.py: do not edit.
+# Change the notebook cells that start with "#| export", then run
+# `python export.py`.
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+from tqdm.auto import tqdm
+
+import helpers
+
+
+def get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/',
+                   n_images=None):
+    """Shuffled batches of (images, labels); images are floats in [0, 1]."""
+    transform = transforms.Compose([
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),  # (3, image_size, image_size) in [0, 1]
+    ])
+    dataset = datasets.ImageFolder(data_dir, transform=transform)
+    if n_images is not None:
+        dataset = Subset(dataset, range(min(n_images, len(dataset))))
+    # drop_last: every step sees a full batch, so batch-norm statistics
+    # never come from a handful of images.
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                      drop_last=True)
+
+
+def scale(x, feature_range=(-1, 1)):
+    """Map x linearly from [0, 1] onto feature_range."""
+    low, high = feature_range
+    return x * (high - low) + low
+
+
+def n_resolution_steps(image_size):
+    """How many 2x steps lie between a 4x4 feature map and image_size."""
+    steps = math.log2(image_size) - 2 if image_size > 0 else -1
+    if steps < 1 or not steps.is_integer():
+        raise ValueError(
+            f'image_size must be a power of two of at least 8 (8, 16, 32, '
+            f'64, ...); got {image_size}.')
+    return int(steps)
+
+
+def conv_block(in_channels, out_channels, batch_norm=True):
+    """Halve width and height: strided conv, optional batch norm, leaky ReLU."""
+    layers = [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1,
+                        bias=not batch_norm)]  # batch norm has its own shift
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.LeakyReLU(0.2))
+    return nn.Sequential(*layers)
+
+
+class Discriminator(nn.Module):
+    """Images (N, 3, S, S) in [-1, 1] -> one real/fake logit each, (N, 1)."""
+
+    def __init__(self, conv_dim, image_size=32):
+        super().__init__()
+        steps = n_resolution_steps(image_size)
+        blocks = [conv_block(3, conv_dim, batch_norm=False)]
+        for i in range(1, steps):
+            blocks.append(conv_block(conv_dim * 2 ** (i - 1),
+                                     conv_dim * 2 ** i))
+        # S=32: (N, conv_dim, 16, 16) -> (N, conv_dim*2, 8, 8)
+        #       -> (N, conv_dim*4, 4, 4)
+        self.features = nn.Sequential(*blocks)
+        self.classify = nn.Linear(conv_dim * 2 ** (steps - 1) * 4 * 4, 1)
+
+    def forward(self, x):
+        x = self.features(x).flatten(1)  # (N, conv_dim*4 * 4*4) for S=32
+        return self.classify(x)  # (N, 1) logits
+
+
+def deconv_block(in_channels, out_channels):
+    """Double width and height: transposed conv, batch norm, ReLU."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1,
+                           bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+class Generator(nn.Module):
+    """Latent vectors (N, z_size) -> images (N, 3, S, S) in [-1, 1]."""
+
+    def __init__(self, z_size, conv_dim, image_size=32):
+        super().__init__()
+        steps = n_resolution_steps(image_size)
+        self.top_channels = conv_dim * 2 ** (steps - 1)
+        self.project = nn.Linear(z_size, self.top_channels * 4 * 4,
+                                 bias=False)
+        blocks = [nn.BatchNorm2d(self.top_channels), nn.ReLU()]
+        for i in range(steps - 1, 0, -1):
+            blocks.append(deconv_block(conv_dim * 2 ** i,
+                                       conv_dim * 2 ** (i - 1)))
+        # S=32: (N, conv_dim*4, 4, 4) -> (N, conv_dim*2, 8, 8)
+        #       -> (N, conv_dim, 16, 16)
+        blocks += [nn.ConvTranspose2d(conv_dim, 3, 4, stride=2, padding=1),
+                   nn.Tanh()]  # (N, 3, S, S) in [-1, 1]
+        self.upsample = nn.Sequential(*blocks)
+
+    def forward(self, z):
+        x = self.project(z)  # (N, conv_dim*4 * 4*4) for S=32
+        x = x.view(-1, self.top_channels, 4, 4)  # (N, conv_dim*4, 4, 4)
+        return self.upsample(x)  # (N, 3, S, S)
+
+
+def weights_init_normal(m):
+    """DCGAN init: conv and linear weights ~ N(0, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+SMOOTH_REAL_LABEL = 0.9  # target for real images when smoothing is on
+
+
+def real_loss(D_out, smooth=False):
+    """Mean BCE of logits D_out against 'real' (1, or 0.9 when smooth)."""
+    target = torch.full_like(D_out, SMOOTH_REAL_LABEL if smooth else 1.0)
+    return F.binary_cross_entropy_with_logits(D_out, target)
+
+
+def fake_loss(D_out):
+    """Mean BCE of logits D_out against 'fake' (0)."""
+    return F.binary_cross_entropy_with_logits(D_out, torch.zeros_like(D_out))
+
+
+def build_optimizers(D, G, lr, betas):
+    """One Adam optimizer per network, with the same settings."""
+    d_optimizer = optim.Adam(D.parameters(), lr=lr, betas=betas)
+    g_optimizer = optim.Adam(G.parameters(), lr=lr, betas=betas)
+    return d_optimizer, g_optimizer
+
+
+def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
+               smooth=False):
+    """One D update, then one G update; real_images (N, 3, S, S) in [0, 1]."""
+    real_images = scale(real_images)  # (N, 3, S, S) in [-1, 1]
+    z = torch.randn(real_images.size(0), z_size, device=real_images.device)
+    fake_images = G(z)  # (N, 3, S, S)
+
+    # Discriminator: real -> 1, fake -> 0; detach() keeps G out of this step.
+    d_loss = (real_loss(D(real_images), smooth)
+              + fake_loss(D(fake_images.detach())))
+    d_optimizer.zero_grad()
+    d_loss.backward()
+    d_optimizer.step()
+
+    # Generator: make the updated D call its fakes real.
+    g_loss = real_loss(D(fake_images))
+    g_optimizer.zero_grad()
+    g_loss.backward()
+    g_optimizer.step()
+    return d_loss.item(), g_loss.item()
+
+
+def sample_images(G, z):
+    """G's images for z, in eval mode (batch-norm running statistics), on the CPU."""
+    was_training = G.training
+    G.eval()
+    with torch.no_grad():
+        images = G(z).cpu()  # (N, 3, S, S) in [-1, 1]
+    G.train(was_training)
+    return images
+
+
+def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
+          run_dir='run'):
+    """Train for config['n_epochs'] epochs; returns per-batch losses and the
+    fixed-z samples of every epoch."""
+    run_dir = Path(run_dir)
+    losses = {'D': [], 'G': []}
+    samples = []  # one (sample_size, 3, S, S) tensor per epoch
+    for epoch in range(1, config['n_epochs'] + 1):
+        D.train()
+        G.train()
+        batches = tqdm(loader, desc=f'epoch {epoch}/{config["n_epochs"]}')
+        for i, (real_images, _) in enumerate(batches):
+            real_images = real_images.to(fixed_z.device)
+            d_loss, g_loss = train_step(D, G, d_optimizer, g_optimizer,
+                                        real_images, config['z_size'],
+                                        config['smooth'])
+            losses['D'].append(d_loss)
+            losses['G'].append(g_loss)
+            if i % config['print_every'] == 0:
+                batches.set_postfix(d_loss=f'{d_loss:.3f}',
+                                    g_loss=f'{g_loss:.3f}')
+        samples.append(sample_images(G, fixed_z))
+        helpers.save_image_grid(
+            samples[-1], run_dir / 'samples' / f'epoch_{epoch:03d}.png')
+        helpers.save_checkpoint(run_dir / 'checkpoint.pt', {
+            'config': config, 'epoch': epoch,
+            'D': D.state_dict(), 'G': G.state_dict(),
+            'opt_D': d_optimizer.state_dict(),
+            'opt_G': g_optimizer.state_dict(),
+            'losses': losses, 'fixed_z': fixed_z.cpu()})
+    return losses, samples

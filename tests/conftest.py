@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: small face-like image folders made on the fly."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests import helpers, dcgan, problem_unittests
+
+
+def write_jpegs(folder, n, size=64, seed=0):
+    """Write n random-colour JPEGs (size x size) named 000000.jpg, ... into folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        # A smooth gradient plus noise: JPEG-friendly and different per image.
+        base = rng.integers(0, 256, size=3)
+        ramp = np.linspace(0, 1, size)[None, :, None]
+        pixels = (base * ramp + rng.normal(0, 20, (size, size, 3))).clip(0, 255)
+        path = folder / f'{i:06d}.jpg'
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def face_folder(tmp_path):
+    """An ImageFolder root laid out like the course data: root/celeba/*.jpg (40 images)."""
+    root = tmp_path / 'processed_celeba_small'
+    write_jpegs(root / 'celeba', 40)
+    return root

@@ -1,0 +1,517 @@
+"""Tests for helpers.py: data preparation, run setup, pictures and checkpoints.
+
+No network: the download is tested by replacing helpers._fetch.
+"""
+import argparse
+import hashlib
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use('Agg')  # before pyplot is imported anywhere: no display in tests
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+import helpers  # noqa: E402
+from conftest import write_jpegs  # noqa: E402
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Each test starts without FACEGEN_* variables and closes its figures."""
+    monkeypatch.delenv('FACEGEN_DATA', raising=False)
+    monkeypatch.delenv('FACEGEN_QUICK', raising=False)
+    yield
+    matplotlib.pyplot.close('all')
+
+
+def make_zip(root, zip_path, top='processed_celeba_small', compression=zipfile.ZIP_STORED):
+    """Zip root's image subfolders as top/<sub>/<file>, like the course archive."""
+    with zipfile.ZipFile(zip_path, 'w', compression) as zf:
+        for file in sorted(Path(root).rglob('*')):
+            if file.is_file():
+                zf.write(file, f'{top}/{file.relative_to(root).as_posix()}')
+    return zip_path
+
+
+@pytest.fixture
+def course_zip(face_folder, tmp_path):
+    """A small archive laid out like the course one: processed_celeba_small/celeba/*.jpg."""
+    (tmp_path / 'src').mkdir()
+    return make_zip(face_folder, tmp_path / 'src' / 'faces.zip')
+
+
+def leftovers(folder, keep=()):
+    """Names in folder other than those in keep (temp folders, .part files, ...)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name not in keep)
+
+
+def fail_if_called(*args, **kwargs):
+    raise AssertionError('this should not have been called')
+
+
+# ---------------------------------------------------------------------------------------
+# quick_mode, count_images
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('value', ['1', 'true', 'TRUE', 'Yes', ' yes '])
+def test_quick_mode_on(monkeypatch, value):
+    monkeypatch.setenv('FACEGEN_QUICK', value)
+    assert helpers.quick_mode() is True
+
+
+@pytest.mark.parametrize('value', ['0', '', None])
+def test_quick_mode_off(monkeypatch, value):
+    if value is not None:
+        monkeypatch.setenv('FACEGEN_QUICK', value)
+    assert helpers.quick_mode() is False
+
+
+def test_quick_mode_rejects_unknown_value(monkeypatch):
+    monkeypatch.setenv('FACEGEN_QUICK', 'ture')
+    with pytest.raises(ValueError, match=r'FACEGEN_QUICK.*ture(.|\n)*1, true, yes'):
+        helpers.quick_mode()
+
+
+def test_count_images_is_recursive_and_ignores_other_files(tmp_path):
+    write_jpegs(tmp_path / 'a', 3)
+    write_jpegs(tmp_path / 'a' / 'deeper', 2)
+    Image.new('RGB', (4, 4)).save(tmp_path / 'b.PNG')
+    (tmp_path / 'c.jpeg').write_bytes(b'')  # counted by name, as ImageFolder would
+    (tmp_path / 'notes.txt').write_text('not an image')
+    assert helpers.count_images(tmp_path) == 7
+    assert helpers.count_images(tmp_path / 'missing') == 0
+
+
+# ---------------------------------------------------------------------------------------
+# prepare_data: folders
+# ---------------------------------------------------------------------------------------
+
+def test_prepare_data_uses_root_folder_in_place(face_folder, tmp_path, capsys):
+    data_dir = tmp_path / 'unused'
+    root = helpers.prepare_data(data_dir, source=face_folder)
+    assert root == face_folder
+    assert not data_dir.exists()  # used in place, not copied
+    assert '40 images' in capsys.readouterr().out
+
+
+def test_prepare_data_accepts_the_image_folder_itself(face_folder, tmp_path):
+    root = helpers.prepare_data(tmp_path / 'unused', source=face_folder / 'celeba')
+    assert Path(root).resolve() == face_folder.resolve()
+
+
+def test_prepare_data_reads_source_from_env(face_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv('FACEGEN_DATA', str(face_folder))
+    monkeypatch.setattr(helpers, '_fetch', fail_if_called)
+    assert helpers.prepare_data(tmp_path / 'unused') == face_folder
+
+
+def test_prepare_data_folder_without_images_is_refused(tmp_path):
+    empty = tmp_path / 'empty'
+    (empty / 'celeba').mkdir(parents=True)
+    with pytest.raises(ValueError, match=f'No images found in {empty}'):
+        helpers.prepare_data(tmp_path / 'data', source=empty)
+
+
+def test_prepare_data_refuses_flat_folder_with_siblings(tmp_path):
+    write_jpegs(tmp_path / 'faces', 2)
+    (tmp_path / 'other').mkdir()  # would become a second class of ImageFolder(tmp_path)
+    with pytest.raises(ValueError, match='other'):
+        helpers.prepare_data(tmp_path / 'data', source=tmp_path / 'faces')
+
+
+def test_prepare_data_refuses_root_with_empty_class_folder(face_folder, tmp_path):
+    (face_folder / '.ipynb_checkpoints').mkdir()
+    with pytest.raises(ValueError, match='ipynb_checkpoints'):
+        helpers.prepare_data(tmp_path / 'data', source=face_folder)
+
+
+def test_prepare_data_missing_source_names_path_and_variable(tmp_path):
+    missing = tmp_path / 'nowhere.zip'
+    with pytest.raises(FileNotFoundError, match=f'{missing}(.|\n)*FACEGEN_DATA'):
+        helpers.prepare_data(tmp_path / 'data', source=missing)
+
+
+# ---------------------------------------------------------------------------------------
+# prepare_data: zip archives
+# ---------------------------------------------------------------------------------------
+
+def test_prepare_data_extracts_zip_onto_data_dir(course_zip, tmp_path):
+    data_dir = tmp_path / 'faces'  # any name: the archive's top folder maps onto it
+    root = helpers.prepare_data(data_dir, source=course_zip)
+    assert root == data_dir
+    assert sorted(p.name for p in data_dir.iterdir()) == ['celeba']
+    assert helpers.count_images(data_dir / 'celeba') == 40
+    assert leftovers(tmp_path, keep={'faces', 'src', 'processed_celeba_small'}) == []
+    assert course_zip.exists()  # a user's own archive is never deleted
+
+
+def test_prepare_data_default_data_dir(course_zip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / 'src')
+    root = helpers.prepare_data(source=course_zip)
+    assert helpers.count_images(Path(root) / 'celeba') == 40
+    assert Path(root).resolve() == (tmp_path / 'src' / 'processed_celeba_small').resolve()
+
+
+def test_prepare_data_accepts_zip_of_the_image_folder(face_folder, tmp_path):
+    archive = make_zip(face_folder / 'celeba', tmp_path / 'celeba.zip', top='celeba')
+    root = helpers.prepare_data(tmp_path / 'faces', source=archive)
+    assert helpers.count_images(Path(root) / 'celeba') == 40
+
+
+def test_prepare_data_second_call_does_nothing(course_zip, tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / 'faces'
+    helpers.prepare_data(data_dir, source=course_zip)
+    capsys.readouterr()
+    monkeypatch.setattr(helpers, '_extract_archive', fail_if_called)
+    monkeypatch.setattr(helpers, '_fetch', fail_if_called)
+    assert helpers.prepare_data(data_dir, source=course_zip) == data_dir
+    assert helpers.prepare_data(data_dir) == data_dir  # no source: still no download
+    out = capsys.readouterr().out
+    assert f'40 images in {data_dir}' in out
+
+
+def test_prepare_data_refuses_non_zip_file(tmp_path):
+    bogus = tmp_path / 'faces.zip'
+    bogus.write_text('this is not a zip file')
+    with pytest.raises(ValueError, match=f'{bogus} is not a zip'):
+        helpers.prepare_data(tmp_path / 'data', source=bogus)
+    assert leftovers(tmp_path) == ['faces.zip']
+
+
+@pytest.mark.parametrize('bad_name', ['../evil.jpg', 'processed_celeba_small/../../evil.jpg',
+                                      '/tmp/evil.jpg'])
+def test_prepare_data_refuses_escaping_entries(face_folder, tmp_path, bad_name):
+    archive = make_zip(face_folder, tmp_path / 'evil.zip')
+    with zipfile.ZipFile(archive, 'a') as zf:
+        zf.writestr(bad_name, b'gotcha')
+    data_dir = tmp_path / 'out' / 'faces'
+    with pytest.raises(ValueError, match='Refusing'):
+        helpers.prepare_data(data_dir, source=archive)
+    assert not (tmp_path / 'out').exists() or leftovers(tmp_path / 'out') == []
+    assert not (tmp_path / 'evil.jpg').exists()
+
+
+def test_prepare_data_truncated_zip_leaves_nothing(course_zip, tmp_path):
+    data = course_zip.read_bytes()
+    course_zip.write_bytes(data[: len(data) // 2])
+    data_dir = tmp_path / 'out' / 'faces'
+    with pytest.raises(ValueError, match='faces.zip'):
+        helpers.prepare_data(data_dir, source=course_zip)
+    assert not data_dir.exists()
+    assert not (tmp_path / 'out').exists() or leftovers(tmp_path / 'out') == []
+
+
+def test_prepare_data_damaged_member_rolls_back(face_folder, tmp_path):
+    # Corrupt the bytes of the 21st image: its CRC check fails half-way through extraction.
+    archive = make_zip(face_folder, tmp_path / 'faces.zip')
+    data = bytearray(archive.read_bytes())
+    start = data.find((face_folder / 'celeba' / '000020.jpg').read_bytes())
+    assert start > 0
+    data[start + 100] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    (tmp_path / 'out').mkdir()
+    data_dir = tmp_path / 'out' / 'faces'
+    with pytest.raises(ValueError, match='damaged'):
+        helpers.prepare_data(data_dir, source=archive)
+    assert leftovers(tmp_path / 'out') == []  # neither data_dir nor the temp folder
+
+
+def test_prepare_data_refuses_to_overwrite_unrelated_folder(course_zip, tmp_path):
+    data_dir = tmp_path / 'faces'
+    data_dir.mkdir()
+    (data_dir / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match=str(data_dir)):
+        helpers.prepare_data(data_dir, source=course_zip)
+    assert (data_dir / 'notes.txt').read_text() == 'mine'
+
+
+def test_prepare_data_fills_an_empty_data_dir(course_zip, tmp_path):
+    data_dir = tmp_path / 'faces'
+    data_dir.mkdir()
+    helpers.prepare_data(data_dir, source=course_zip)
+    assert helpers.count_images(data_dir / 'celeba') == 40
+
+
+# ---------------------------------------------------------------------------------------
+# prepare_data: download (helpers._fetch replaced; no network)
+# ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_download(course_zip, monkeypatch):
+    """Serve course_zip's bytes as 'the' archive; replies[i] overrides the i-th fetch."""
+    good = course_zip.read_bytes()
+    monkeypatch.setattr(helpers, 'DATA_SHA256', hashlib.sha256(good).hexdigest())
+    calls = []
+
+    def install(*replies):
+        def fetch(url, dest):
+            calls.append(Path(dest))
+            assert url == helpers.DATA_URL
+            assert Path(dest).name.endswith('.part')
+            reply = replies[len(calls) - 1] if len(calls) <= len(replies) else good
+            if isinstance(reply, BaseException):
+                Path(dest).write_bytes(good[:1000])  # a partial file, then the error
+                raise reply
+            Path(dest).write_bytes(reply)
+        monkeypatch.setattr(helpers, '_fetch', fetch)
+        return calls
+    install.good = good
+    return install
+
+
+def test_download_succeeds_and_removes_archive(fake_download, tmp_path):
+    calls = fake_download()
+    (tmp_path / 'dl').mkdir()
+    data_dir = tmp_path / 'dl' / 'faces'
+    assert helpers.prepare_data(data_dir) == data_dir
+    assert len(calls) == 1
+    assert calls[0].parent == data_dir.parent  # the .part file sits beside data_dir
+    assert helpers.count_images(data_dir / 'celeba') == 40
+    assert leftovers(tmp_path / 'dl') == ['faces']
+
+
+def test_download_retries_once_after_truncation(fake_download, tmp_path, capsys):
+    calls = fake_download(fake_download.good[:5000])
+    data_dir = tmp_path / 'dl' / 'faces'
+    helpers.prepare_data(data_dir)
+    assert len(calls) == 2
+    assert 'Trying once more' in capsys.readouterr().out
+    assert helpers.count_images(data_dir / 'celeba') == 40
+    assert leftovers(tmp_path / 'dl') == ['faces']
+
+
+def test_download_retries_once_after_connection_error(fake_download, tmp_path):
+    calls = fake_download(ConnectionResetError('peer reset'))
+    data_dir = tmp_path / 'dl' / 'faces'
+    helpers.prepare_data(data_dir)
+    assert len(calls) == 2
+    assert helpers.count_images(data_dir / 'celeba') == 40
+
+
+def test_download_failing_twice_explains_manual_route(fake_download, tmp_path):
+    bad = fake_download.good[:-10]
+    calls = fake_download(bad, bad, bad)
+    (tmp_path / 'dl').mkdir()
+    with pytest.raises(RuntimeError, match='FACEGEN_DATA'):
+        helpers.prepare_data(tmp_path / 'dl' / 'faces')
+    assert len(calls) == 2  # one retry, not more
+    assert leftovers(tmp_path / 'dl') == []
+
+
+def test_download_interrupted_by_user_leaves_nothing(fake_download, tmp_path):
+    fake_download(KeyboardInterrupt())
+    (tmp_path / 'dl').mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        helpers.prepare_data(tmp_path / 'dl' / 'faces')
+    assert leftovers(tmp_path / 'dl') == []
+
+
+def test_fetch_copies_a_url_to_a_file(course_zip, tmp_path):
+    # A file:// URL runs the real _fetch (urllib, chunks, progress bar) without a network.
+    dest = tmp_path / 'copy.zip.part'
+    helpers._fetch(course_zip.as_uri(), dest)
+    assert dest.read_bytes() == course_zip.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------
+# Run setup
+# ---------------------------------------------------------------------------------------
+
+def draw_random():
+    return random.random(), np.random.rand(), torch.rand(3).tolist()
+
+
+def test_seed_everything_repeats_all_generators(capsys):
+    helpers.seed_everything(123)
+    first = draw_random()
+    helpers.seed_everything(123)
+    assert draw_random() == first
+    helpers.seed_everything(124)
+    other = draw_random()
+    assert all(a != b for a, b in zip(other, first))  # each generator was reseeded
+    assert capsys.readouterr().out.count('123') == 2
+
+
+def test_choose_device_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert helpers.choose_device() == torch.device('cpu')
+    assert 'cpu' in capsys.readouterr().out
+
+
+def test_choose_device_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU 9000')
+    assert helpers.choose_device().type == 'cuda'
+    assert 'Fake GPU 9000' in capsys.readouterr().out
+
+
+def test_count_parameters_counts_trainable_only():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))  # 8 + 3 parameters
+    assert helpers.count_parameters(model) == 11
+    model[0].weight.requires_grad_(False)
+    assert helpers.count_parameters(model) == 5
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------------------
+
+def assert_png(path):
+    assert Path(path).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_show_images_maps_value_range(tmp_path):
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.float16)  # 0 is mid-grey in [-1, 1]
+    path = tmp_path / 'deep' / 'grid.png'
+    fig = helpers.show_images(images, nrow=2, value_range=(-1, 1), title='t', path=path)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_title() == 't' and not ax.axison
+    pixels = np.asarray(ax.images[0].get_array())
+    assert pixels.shape == (2 + 2 * 10, 2 + 2 * 10, 3)  # 2 x 2 grid, padding 2
+    assert np.allclose(pixels[2:10, 2:10], 0.5, atol=1e-3)
+    assert_png(path)
+
+
+def test_show_images_default_range_is_unit(tmp_path):
+    fig = helpers.show_images(torch.full((1, 3, 4, 4), 0.25))
+    assert np.allclose(np.asarray(fig.axes[0].images[0].get_array())[2:6, 2:6], 0.25)
+
+
+def test_show_images_rejects_single_image():
+    with pytest.raises(ValueError, match='unsqueeze'):
+        helpers.show_images(torch.zeros(3, 8, 8))
+
+
+def test_plot_losses_draws_raw_and_smoothed(tmp_path):
+    losses = {'D': list(np.linspace(1.4, 0.6, 200)), 'G': list(np.linspace(0.7, 2.0, 200))}
+    path = tmp_path / 'losses.png'
+    fig = helpers.plot_losses(losses, path=path)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == 'batch' and ax.get_ylabel() == 'loss'
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['discriminator', 'generator']
+    lengths = sorted(len(line.get_xdata()) for line in ax.get_lines())
+    assert lengths == [197, 197, 200, 200]  # window 200 // 50 = 4
+    assert_png(path)
+
+
+def test_plot_losses_short_and_missing():
+    fig = helpers.plot_losses({'D': [1.0], 'G': []})
+    assert len(fig.axes[0].get_lines()) == 2
+    with pytest.raises(KeyError, match='G'):
+        helpers.plot_losses({'D': [1.0]})
+
+
+def test_save_image_grid_writes_png(tmp_path):
+    path = tmp_path / 'samples' / 'epoch_003.png'
+    images = torch.ones(16, 3, 8, 8, requires_grad=True)  # white in [-1, 1]
+    assert Path(helpers.save_image_grid(images, path)) == path
+    with Image.open(path) as picture:
+        assert picture.size == (8 * 10 + 2, 2 * 10 + 2)
+        assert picture.getpixel((5, 5)) == (255, 255, 255)
+    helpers.save_image_grid(-torch.ones(2, 3, 8, 8), path, nrow=2, value_range=(-1, 1))
+    with Image.open(path) as picture:
+        assert picture.size == (2 * 10 + 2, 10 + 2)
+        assert picture.getpixel((5, 5)) == (0, 0, 0)
+
+
+def test_samples_over_epochs_picks_even_rows(tmp_path):
+    samples = [torch.rand(16, 3, 8, 8) * 2 - 1 for _ in range(10)]
+    path = tmp_path / 'progress.png'
+    fig = helpers.samples_over_epochs(samples, path=path, max_rows=4)
+    assert isinstance(fig, Figure)
+    assert [ax.get_ylabel() for ax in fig.axes] == ['epoch 1', 'epoch 4', 'epoch 7', 'epoch 10']
+    width = np.asarray(fig.axes[0].images[0].get_array()).shape[1]
+    assert width == 8 * 10 + 2  # first 8 images of each epoch
+    assert_png(path)
+
+
+def test_samples_over_epochs_all_rows_when_few():
+    fig = helpers.samples_over_epochs([torch.zeros(3, 3, 8, 8)] * 3)
+    assert [ax.get_ylabel() for ax in fig.axes] == ['epoch 1', 'epoch 2', 'epoch 3']
+    with pytest.raises(ValueError, match='empty'):
+        helpers.samples_over_epochs([])
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------
+
+def example_state():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    return {
+        'config': {'lr': 2e-4, 'betas': (0.5, 0.999), 'name': 'run', 'flags': [True, None]},
+        'epoch': 3,
+        'G': model.state_dict(),
+        'opt_G': optimizer.state_dict(),
+        'losses': {'D': [1.0, 0.5], 'G': [0.7, 0.9]},
+        'fixed_z': torch.randn(5, 10),
+        'rng': {'torch': torch.get_rng_state(), 'numpy_seed': 7},
+    }
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = example_state()
+    path = tmp_path / 'runs' / 'ckpt.pt'
+    helpers.save_checkpoint(path, state)
+    loaded = helpers.load_checkpoint(path)
+    assert loaded['config'] == state['config'] and loaded['epoch'] == 3
+    assert loaded['losses'] == state['losses']
+    assert torch.equal(loaded['G']['weight'], state['G']['weight'])
+    assert torch.equal(loaded['fixed_z'], state['fixed_z'])
+    assert torch.equal(loaded['rng']['torch'], state['rng']['torch'])
+    assert loaded['opt_G']['param_groups'][0]['betas'] == (0.5, 0.999)
+    assert os.listdir(path.parent) == ['ckpt.pt']  # no temporary file left
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / 'ckpt.pt'
+    helpers.save_checkpoint(path, {'epoch': 1})
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b'half a checkpoint')
+        raise OSError('disk full')
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        helpers.save_checkpoint(path, {'epoch': 2})
+    monkeypatch.undo()
+    assert helpers.load_checkpoint(path) == {'epoch': 1}  # the old one is intact
+    assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+def test_load_checkpoint_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nope.pt'):
+        helpers.load_checkpoint(tmp_path / 'nope.pt')
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_load_checkpoint_damaged_file(tmp_path, damage):
+    path = tmp_path / 'ckpt.pt'
+    helpers.save_checkpoint(path, example_state())
+    data = path.read_bytes()
+    path.write_bytes(b'\x00garbage' * 50 if damage == 'garbage' else data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match=f'{path}(.|\n)*Delete it'):
+        helpers.load_checkpoint(path)
+
+
+def test_load_checkpoint_explains_pickled_objects(tmp_path):
+    path = tmp_path / 'ckpt.pt'
+    torch.save({'config': argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(helpers.CheckpointError, match=r'plain values(.|\n)*vars\(args\)'):
+        helpers.load_checkpoint(path)
