@@ -1,24 +1,32 @@
 """Everything the face-generation notebook needs that is not an exercise.
 
 Data acquisition (download checked by hash, atomic extraction), run setup (seed, device),
-pictures (image grids, loss curves, samples over epochs) and checkpoints (atomic save,
-safe load). Nothing here imports the notebook or the exercise code.
+pictures (image grids, loss curves, samples over epochs), checkpoints (atomic save,
+safe load), the decoded-image cache and the precision choice. Nothing here imports the
+notebook or the exercise code.
 """
 import hashlib
 import http.client
+import json
+import operator
 import os
+import platform
 import random
 import shutil
 import tempfile
+import time
 import urllib.request
+import warnings
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torchvision.utils as vutils
+from PIL import Image
 from tqdm.auto import tqdm
 
 # ---------------------------------------------------------------------------------------
@@ -452,3 +460,397 @@ def load_checkpoint(path, map_location='cpu'):
             f'{path} holds a {type(state).__name__}, not a checkpoint dict. Save checkpoints '
             f'with save_checkpoint(path, {{...}}).')
     return state
+
+
+# ---------------------------------------------------------------------------------------
+# Decoded-image cache. Decoding 32,600 JPEGs takes seconds; reading them back as one
+# uint8 tensor takes a fraction of one. The tensor lives beside the data, keyed by the
+# files' names, sizes and times, and is checked on every load because it is only a copy.
+# ---------------------------------------------------------------------------------------
+
+CACHE_DIR_NAME = '.facegen-cache'
+_CACHE_VERSION = 1        # bump whenever decoding or the file's layout changes
+_DECODE_CHUNK = 256       # images per thread task: few tasks, yet a smooth progress bar
+_NAMED_FAILURES = 5       # unreadable files named in the warning; the rest are counted
+
+
+def _positive_int(value, name):
+    """value as an int, or a ValueError when it is not a whole number of at least 1."""
+    try:
+        number = operator.index(value)  # accepts NumPy integers, refuses 32.0 and '32'
+    except TypeError:
+        number = 0
+    if number < 1 or isinstance(value, bool):
+        raise ValueError(f'{name} must be a whole number of at least 1; got {value!r}.')
+    return number
+
+
+def _how_to_get_data():
+    """The sentence every missing-data error ends with."""
+    return (f'Get the course images with helpers.prepare_data() (set {DATA_ENV} to use a '
+            f'zip or folder you already have) and pass the folder it returns.')
+
+
+def _list_faces(data_dir):
+    """Paths (relative, POSIX style) of the images under data_dir, sorted.
+
+    Hidden files and folders (names starting with '.') are left out: they hold notebook
+    checkpoints, macOS resource forks and our own cache, never faces.
+    """
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f'There is no folder {data_dir}. {_how_to_get_data()}')
+    found = []
+    for folder, subfolders, names in os.walk(data_dir):
+        subfolders[:] = [name for name in subfolders if not name.startswith('.')]
+        relative = Path(folder).relative_to(data_dir)
+        found += [(relative / name).as_posix() for name in names
+                  if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+        raise ValueError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) in {data_dir} or its '
+                         f'subfolders. {_how_to_get_data()}')
+    return sorted(found)
+
+
+def _size_and_mtime(path):
+    """(bytes, mtime in ns) of a file, or (-1, -1) when it cannot be read (a broken link):
+    decoding then skips it with the other unreadable files."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return -1, -1
+    return info.st_size, info.st_mtime_ns
+
+
+def _cache_key(data_dir, files, image_size, n_images):
+    """12 hex digits that change when any listed file is added, removed, resized or touched,
+    or when image_size, n_images or the cache format change."""
+    stats = [(name, *_size_and_mtime(data_dir / name)) for name in files]
+    text = json.dumps([_CACHE_VERSION, image_size, n_images, stats])
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _cache_slot(data_dir, image_size, n_images):
+    """The cache file name up to its key. A slot holds one file: a rebuild replaces it.
+
+    n_images has a slot of its own, so quick runs and full runs on the same data do not
+    keep throwing away each other's cache.
+    """
+    folder = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=4).hexdigest()
+    count = 'all' if n_images is None else f'first{n_images}'
+    return f'faces-{folder}-{image_size}px-{count}'
+
+
+def _default_cache_dir(data_dir):
+    """.facegen-cache beside data_dir (never inside it, where ImageFolder would see it)."""
+    parent = data_dir.resolve().parent if data_dir.name in ('', '..') else data_dir.parent
+    return parent / CACHE_DIR_NAME
+
+
+def _fit_square(img, size):
+    """img scaled and cropped to size x size as the course transforms do on a PIL image:
+    Resize(size) scales the short side to size (bilinear, aspect ratio kept, long side
+    rounded down), then CenterCrop(size) keeps the middle."""
+    width, height = img.size
+    if width <= height:
+        new_size = (size, int(size * height / width))
+    else:
+        new_size = (int(size * width / height), size)
+    img = img.resize(new_size, Image.Resampling.BILINEAR)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def _decode_face(path, size):
+    """One image file as a (3, size, size) uint8 array, opened like ImageFolder does."""
+    with Image.open(path) as img:
+        rgb = _fit_square(img.convert('RGB'), size)
+    return np.asarray(rgb).transpose(2, 0, 1)
+
+
+def _decode_range(pixels, data_dir, files, start, stop, size):
+    """Decode files[start:stop] into pixels[start:stop]; (index, reason) of each failure."""
+    failures = []
+    for index in range(start, stop):
+        try:
+            pixels[index] = _decode_face(data_dir / files[index], size)
+        except Exception as err:  # Pillow raises many types; all mean "skip this file"
+            failures.append((index, f'{type(err).__name__}: {err}'))
+    return failures
+
+
+def _usable_cores():
+    """CPU cores this process may run on (fewer than os.cpu_count() in a container)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _decode_all(data_dir, files, size, workers=None):
+    """Decode files into one (N, 3, size, size) uint8 tensor, in a pool of threads.
+
+    Threads help because Pillow releases the GIL while it reads, decodes and resizes (about
+    60% of the time per image here); only its header parsing in Python runs one thread at
+    a time. Returns the tensor, the files it holds, and (file, reason) for each file left
+    out as unreadable.
+    """
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    pixels = images.numpy()  # the same memory: threads write straight into the tensor
+    failures = []
+    with ThreadPoolExecutor(workers or _usable_cores()) as pool, \
+            tqdm(total=len(files), desc=f'Decoding images at {size}x{size}', unit='img') as bar:
+        jobs = {}
+        for start in range(0, len(files), _DECODE_CHUNK):
+            stop = min(start + _DECODE_CHUNK, len(files))
+            jobs[pool.submit(_decode_range, pixels, data_dir, files, start, stop, size)] = \
+                stop - start
+        for job in as_completed(jobs):
+            failures += job.result()
+            bar.update(jobs[job])
+    if not failures:
+        return images, files, []
+    failures.sort()
+    bad = {index for index, _ in failures}
+    keep = [index for index in range(len(files)) if index not in bad]
+    # Indexing copies into a compact tensor, so the cache does not store the dropped rows.
+    return images[keep], [files[i] for i in keep], [(files[i], why) for i, why in failures]
+
+
+def _describe(failures):
+    """'a.jpg (reason), b.jpg (reason) and 3 more' for an error or warning message."""
+    named = ', '.join(f'{name} ({why})' for name, why in failures[:_NAMED_FAILURES])
+    rest = len(failures) - _NAMED_FAILURES
+    return named + (f' and {rest} more' if rest > 0 else '')
+
+
+def _checksum(images):
+    """CRC-32 of the tensor's bytes: fast (about 1 GB/s) and catches any flipped byte."""
+    return zlib.crc32(images.numpy())
+
+
+def _read_cache(path, key, size):
+    """The images in a cache file, after checking every field against what is expected.
+
+    Raises ValueError, or whatever reading the file raised, when anything is off.
+    """
+    state = load_checkpoint(path)  # weights_only: a cache file cannot run code
+    images, files = state['images'], state['files']
+    if state['version'] != _CACHE_VERSION or state['key'] != key:
+        raise ValueError('it was made for other files, settings or code')
+    if (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
+            or images.shape != (len(files), 3, size, size) or not images.is_contiguous()):
+        raise ValueError('its image tensor has the wrong type or shape')
+    if _checksum(images) != state['checksum']:
+        raise ValueError('its checksum does not match the images')
+    return images
+
+
+def _load_cached(path, key, size):
+    """The cached images, or None (with a warning if a file was there but unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        return _read_cache(path, key, size)
+    except Exception as err:  # only a copy: whatever went wrong, rebuilding fixes it
+        warnings.warn(f'Cache file {path} is damaged or stale ({err}); rebuilding it.',
+                      stacklevel=3)
+        return None
+
+
+def _save_cache(path, images, files, key):
+    """Write the cache file atomically and delete older ones of its slot; False (with a
+    warning) when the folder cannot be written, as the images in memory are still good."""
+    state = {'version': _CACHE_VERSION, 'key': key, 'files': files, 'images': images,
+             'checksum': _checksum(images)}
+    try:
+        save_checkpoint(path, state)
+        slot = path.name.rsplit('-', 1)[0]  # the name without its key
+        for old in path.parent.glob(f'{slot}-*.pt'):
+            if old != path:
+                old.unlink(missing_ok=True)
+    # torch.save reports some write failures (a full disk) as RuntimeError.
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f'Could not write the decoded-image cache {path} ({err}). Going on '
+                      f'without it: the next run decodes the images again. Pass cache_dir= '
+                      f'a writable folder to keep it.', stacklevel=4)
+        return False
+    return True
+
+
+def _build_cache(data_dir, files, size, path, key):
+    """Decode the images, report unreadable ones, cache the result; (images, cached?)."""
+    images, kept, failures = _decode_all(data_dir, files, size)
+    if not kept:
+        raise ValueError(f'None of the {len(files):,} image files in {data_dir} could be '
+                         f'read: {_describe(failures)}. {_how_to_get_data()}')
+    if failures:
+        warnings.warn(f'Skipped {len(failures):,} unreadable image file(s) in {data_dir}: '
+                      f'{_describe(failures)}. Delete or replace them to silence this.',
+                      stacklevel=3)
+    return images, _save_cache(path, images, kept, key)
+
+
+def load_faces(data_dir, image_size, n_images=None, cache_dir=None):
+    """Every face image under data_dir as one uint8 tensor (N, 3, image_size, image_size).
+
+    Pixels equal the course path (ImageFolder, Resize, CenterCrop, ToTensor) times 255.
+    Images come in the sorted order of their paths under data_dir, hidden files left out;
+    n_images keeps the first n_images of them. Unreadable files are skipped with one
+    warning. The tensor is cached in cache_dir (default: .facegen-cache beside data_dir)
+    and rebuilt whenever the files, image_size or n_images change or the file is damaged.
+    """
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    size = _positive_int(image_size, 'image_size')
+    if n_images is not None:
+        n_images = _positive_int(n_images, 'n_images')
+    files = _list_faces(data_dir)[:n_images]
+    key = _cache_key(data_dir, files, size, n_images)
+    cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(data_dir)
+    path = cache_dir / f'{_cache_slot(data_dir, size, n_images)}-{key}.pt'
+    images = _load_cached(path, key, size)
+    if images is not None:
+        print(f'Loaded {len(images):,} decoded images at {size}x{size} from cache in '
+              f'{time.perf_counter() - started:.1f} s')
+        return images
+    images, cached = _build_cache(data_dir, files, size, path, key)
+    where = f'cached in {path}' if cached else 'not cached'
+    print(f'Decoded {len(images):,} images at {size}x{size} in '
+          f'{time.perf_counter() - started:.1f} s ({where})')
+    return images
+
+
+# ---------------------------------------------------------------------------------------
+# Speed settings: chosen once per machine, printed once, overridable by the caller.
+# ---------------------------------------------------------------------------------------
+
+PRECISIONS = ('auto', 'fp32', 'bf16')
+_CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')  # native bf16 arithmetic on x86
+_MIN_BF16_SPEEDUP = 1.15  # a smaller gain is within timing noise: keep fp32's precision
+_CPUINFO = '/proc/cpuinfo'
+
+
+def _cpuinfo_field(name):
+    """The first value of a field in /proc/cpuinfo (Linux), or None."""
+    try:
+        with open(_CPUINFO) as f:
+            for line in f:
+                field, _, value = line.partition(':')
+                if field.strip() == name:
+                    return value.strip()
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+def _cpu_flags():
+    """The CPU's feature flags (e.g. 'avx2', 'avx512_bf16'); empty where unknown."""
+    return set((_cpuinfo_field('flags') or '').split())
+
+
+def cpu_name():
+    """The CPU's model name, e.g. 'AMD EPYC 7R13 Processor', for benchmark reports."""
+    return _cpuinfo_field('model name') or platform.processor() or 'unknown CPU'
+
+
+def _cpu_has_bf16():
+    """True when the CPU computes in bf16 natively rather than emulating it."""
+    return bool(_cpu_flags() & set(_CPU_BF16_FLAGS))
+
+
+def _cuda_has_fast_bf16(device):
+    """True on Ampere or newer GPUs, whose tensor cores run bf16 at full speed."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported()
+
+
+def _timing_block(conv, in_channels, out_channels):
+    """A strided conv (or transposed conv) with batch norm and ReLU, for the timing."""
+    return torch.nn.Sequential(conv(in_channels, out_channels, 4, 2, 1, bias=False),
+                               torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU())
+
+
+def _time_conv_workload(dtype, batch_size=128, repeats=3):
+    """Seconds for one forward and backward pass through DCGAN-shaped strided convolutions
+    at 32x32, channels_last, on the CPU: the best of `repeats` after one warm-up pass,
+    under bf16 autocast when dtype is torch.bfloat16."""
+    # A private random stream: timing must not shift the seeded run that follows.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        # The course's discriminator convolutions, then its generator's (conv_dim 32).
+        layers = torch.nn.Sequential(
+            _timing_block(torch.nn.Conv2d, 3, 32),             # (N, 32, 16, 16)
+            _timing_block(torch.nn.Conv2d, 32, 64),            # (N, 64, 8, 8)
+            _timing_block(torch.nn.Conv2d, 64, 128),           # (N, 128, 4, 4)
+            _timing_block(torch.nn.ConvTranspose2d, 128, 64),  # (N, 64, 8, 8)
+            _timing_block(torch.nn.ConvTranspose2d, 64, 32),   # (N, 32, 16, 16)
+            torch.nn.ConvTranspose2d(32, 3, 4, 2, 1),          # (N, 3, 32, 32)
+        ).to(memory_format=torch.channels_last)
+        images = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+    seconds = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = layers(images).float().square().mean()
+        loss.backward()
+        seconds.append(time.perf_counter() - start)
+    return min(seconds[1:])  # the first pass includes oneDNN's one-off kernel set-up
+
+
+def _auto_cpu_precision():
+    """(dtype, reason) for 'auto' on the CPU: bf16 only where it measures clearly faster."""
+    if not _cpu_has_bf16():
+        return None, 'this CPU has no native bf16: bf16 would be slower'
+    speedup = _time_conv_workload(torch.float32) / _time_conv_workload(torch.bfloat16)
+    if speedup >= _MIN_BF16_SPEEDUP:
+        return torch.bfloat16, f'{speedup:.1f}x faster than fp32 in a quick check on this CPU'
+    return None, (f'bf16 was only {speedup:.2f}x as fast as fp32 in a quick check on this '
+                  f'CPU; {_MIN_BF16_SPEEDUP}x is needed to give up fp32 precision')
+
+
+def _auto_cuda_precision(device):
+    """(dtype, reason) for 'auto' on a GPU: bf16 from Ampere on, else fp32."""
+    name = torch.cuda.get_device_name(device)
+    if _cuda_has_fast_bf16(device):
+        return torch.bfloat16, f'{name} has bf16 tensor cores'
+    return None, f'{name} is older than Ampere, without fast bf16'
+
+
+def _warn_if_slow_bf16(device):
+    """Warn when bf16 was asked for on hardware that only emulates it."""
+    if device.type == 'cpu' and not _cpu_has_bf16():
+        hardware = f'This CPU ({cpu_name()}) has neither {" nor ".join(_CPU_BF16_FLAGS)}'
+    elif device.type == 'cuda' and not _cuda_has_fast_bf16(device):
+        hardware = f'{torch.cuda.get_device_name(device)} is older than Ampere'
+    else:
+        return
+    warnings.warn(f'{hardware}, so bf16 is emulated and will be slower than fp32. Use '
+                  f"precision='auto' or 'fp32'.", stacklevel=3)
+
+
+def choose_precision(device, precision='auto'):
+    """The autocast dtype for the training forward passes on device, or None for fp32.
+
+    precision is 'auto' (bf16 where the hardware runs it fast: Ampere+ GPUs, and CPUs with
+    native bf16 where a quick timing confirms it), 'fp32' or 'bf16'. On a GPU this also
+    turns on cudnn.benchmark, as DCGAN's input shapes never change. Prints the choice.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(map(repr, PRECISIONS))}; '
+                         f'got {precision!r}.')
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed shapes: find the fastest kernels once
+    if precision == 'fp32':
+        dtype, reason = None, 'as requested'
+    elif precision == 'bf16':
+        _warn_if_slow_bf16(device)
+        dtype, reason = torch.bfloat16, 'as requested'
+    elif device.type == 'cuda':
+        dtype, reason = _auto_cuda_precision(device)
+    elif device.type == 'cpu':
+        dtype, reason = _auto_cpu_precision()
+    else:
+        dtype, reason = None, f'no bf16 check for {device.type} devices'
+    print(f'Precision: {"fp32" if dtype is None else "bf16 autocast"} ({reason})')
+    return dtype
