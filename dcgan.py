@@ -2,33 +2,40 @@
 # Change the notebook cells that start with "#| export", then run
 # `python export.py`.
 import math
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import helpers
 
 
+class FaceDataset(Dataset):
+    """Decoded faces (uint8) served as (float image in [0, 1], label 0)."""
+
+    def __init__(self, images):
+        self.images = images  # uint8 (N, 3, S, S)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index].float() / 255, 0  # (3, S, S) in [0, 1]
+
+
 def get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/',
                    n_images=None):
     """Shuffled batches of (images, labels); images are floats in [0, 1]."""
-    transform = transforms.Compose([
-        transforms.Resize(image_size),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),  # (3, image_size, image_size) in [0, 1]
-    ])
-    dataset = datasets.ImageFolder(data_dir, transform=transform)
-    if n_images is not None:
-        dataset = Subset(dataset, range(min(n_images, len(dataset))))
-    # drop_last: every step sees a full batch, so batch-norm statistics
-    # never come from a handful of images.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                      drop_last=True)
+    images = helpers.load_faces(data_dir, image_size, n_images)  # (N, 3, S, S)
+    # drop_last: every step sees a full batch, so batch-norm statistics never
+    # come from a handful of images. Pinned memory speeds up copies to a GPU.
+    return DataLoader(FaceDataset(images), batch_size=batch_size,
+                      shuffle=True, drop_last=True,
+                      pin_memory=torch.cuda.is_available())
 
 
 def scale(x, feature_range=(-1, 1)):
@@ -142,24 +149,36 @@ def build_optimizers(D, G, lr, betas):
 
 
 def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
-               smooth=False):
+               smooth=False, amp_dtype=None):
     """One D update, then one G update; real_images (N, 3, S, S) in [0, 1]."""
-    real_images = scale(real_images)  # (N, 3, S, S) in [-1, 1]
-    z = torch.randn(real_images.size(0), z_size, device=real_images.device)
-    fake_images = G(z)  # (N, 3, S, S)
+    device = real_images.device
 
+    def forward():  # mixed precision for forward passes and losses only
+        return torch.autocast(device.type, dtype=amp_dtype,
+                              enabled=amp_dtype is not None)
+
+    real_images = scale(real_images)  # (N, 3, S, S) in [-1, 1]
+    z = torch.randn(real_images.size(0), z_size, device=device)
     # Discriminator: real -> 1, fake -> 0; detach() keeps G out of this step.
-    d_loss = (real_loss(D(real_images), smooth)
-              + fake_loss(D(fake_images.detach())))
+    with forward():
+        fake_images = G(z)  # (N, 3, S, S)
+        d_loss = (real_loss(D(real_images), smooth)
+                  + fake_loss(D(fake_images.detach())))
     d_optimizer.zero_grad()
     d_loss.backward()
     d_optimizer.step()
 
-    # Generator: make the updated D call its fakes real.
-    g_loss = real_loss(D(fake_images))
-    g_optimizer.zero_grad()
-    g_loss.backward()
-    g_optimizer.step()
+    # Generator: make the updated D call its fakes real. D is frozen meanwhile:
+    # the gradient flows through D to G, but D's own weights need none.
+    D.requires_grad_(False)
+    try:
+        with forward():
+            g_loss = real_loss(D(fake_images))
+        g_optimizer.zero_grad()
+        g_loss.backward()
+        g_optimizer.step()
+    finally:
+        D.requires_grad_(True)
     return d_loss.item(), g_loss.item()
 
 
@@ -174,26 +193,35 @@ def sample_images(G, z):
 
 
 def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
-          run_dir='run'):
+          run_dir='run', amp_dtype=None):
     """Train for config['n_epochs'] epochs; returns per-batch losses and the
     fixed-z samples of every epoch."""
     run_dir = Path(run_dir)
     losses = {'D': [], 'G': []}
     samples = []  # one (sample_size, 3, S, S) tensor per epoch
     for epoch in range(1, config['n_epochs'] + 1):
+        start = time.perf_counter()
         D.train()
         G.train()
-        batches = tqdm(loader, desc=f'epoch {epoch}/{config["n_epochs"]}')
+        batches = tqdm(loader, desc=f'epoch {epoch}/{config["n_epochs"]}',
+                       leave=False)
         for i, (real_images, _) in enumerate(batches):
-            real_images = real_images.to(fixed_z.device)
+            real_images = real_images.to(  # (N, 3, S, S) in [0, 1]
+                fixed_z.device, memory_format=torch.channels_last,
+                non_blocking=True)
             d_loss, g_loss = train_step(D, G, d_optimizer, g_optimizer,
                                         real_images, config['z_size'],
-                                        config['smooth'])
+                                        config['smooth'], amp_dtype)
             losses['D'].append(d_loss)
             losses['G'].append(g_loss)
             if i % config['print_every'] == 0:
                 batches.set_postfix(d_loss=f'{d_loss:.3f}',
                                     g_loss=f'{g_loss:.3f}')
+        n = len(loader)  # the batches of this epoch
+        print(f'epoch {epoch}/{config["n_epochs"]}: '
+              f'D loss {sum(losses["D"][-n:]) / n:.3f}, '
+              f'G loss {sum(losses["G"][-n:]) / n:.3f} '
+              f'({time.perf_counter() - start:.1f} s)')
         samples.append(sample_images(G, fixed_z))
         helpers.save_image_grid(
             samples[-1], run_dir / 'samples' / f'epoch_{epoch:03d}.png')

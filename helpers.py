@@ -598,7 +598,8 @@ def _decode_all(data_dir, files, size, workers=None):
     pixels = images.numpy()  # the same memory: threads write straight into the tensor
     failures = []
     with ThreadPoolExecutor(workers or _usable_cores()) as pool, \
-            tqdm(total=len(files), desc=f'Decoding images at {size}x{size}', unit='img') as bar:
+            tqdm(total=len(files), desc=f'Decoding images at {size}x{size}', unit='img',
+                 delay=2) as bar:  # no bar for a few quick images
         jobs = {}
         for start in range(0, len(files), _DECODE_CHUNK):
             stop = min(start + _DECODE_CHUNK, len(files))

@@ -10,13 +10,18 @@ does not change the notebook's random stream. Models are built on the CPU, and i
 go to the device of the model's parameters. This file imports nothing from the project.
 """
 import collections
+import contextlib
 import copy
 import functools
+import io
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
+from PIL import Image
 from torch.utils.data import DataLoader
 
 SEED = 0
@@ -133,46 +138,73 @@ _LOADER_SETTINGS = ((8, 32), (5, 16), (4, 64))  # (batch_size, image_size)
 def _first_images(loader, what):
     """The images of the first batch of a fresh pass over loader."""
     batch = _call(f'next(iter({what}))',
-                  'check the transforms: Resize(image_size), CenterCrop(image_size), ToTensor().',
+                  'check that each item is (image, label) with image a (3, S, S) tensor.',
                   lambda: next(iter(loader)))
     _check(isinstance(batch, (tuple, list)) and len(batch) == 2,
            f'{what} yielded {type(batch).__name__}; expected (images, labels) pairs. '
-           f'Hint: wrap datasets.ImageFolder (which yields (image, label)) in a DataLoader.')
+           f'Hint: make the dataset return (image, 0) for each item.')
     images = batch[0]
-    _check_tensor(images, f'{what} (first item of a batch)', 'use transforms.ToTensor().')
+    _check_tensor(images, f'{what} (first item of a batch)',
+                  'return image tensors, e.g. images[index].float() / 255.')
     return images
 
 
 def _range_hint(low, high):
     """The likely fix for images whose values span [low, high]."""
     if high > 1:
-        return 'values look like 0..255: use transforms.ToTensor(), which gives [0, 1].'
+        return 'values look like 0..255: divide the uint8 pixels by 255.'
     if low < 0:
-        return ('remove transforms.Normalize: images stay in [0, 1] here and scale() maps them '
+        return ('do not normalise or scale here: images stay in [0, 1] and scale() maps them '
                 'to [-1, 1] in the training step.')
-    return 'transforms.ToTensor() already divides by 255; do not divide again.'
+    return 'divide the uint8 pixels by 255 once, not twice.'
+
+
+def _write_faces(root, n_images=32, size=64):
+    """Write n_images random JPEGs as root/celeba/*.jpg (the course layout); return root."""
+    folder = Path(root) / 'celeba'
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(SEED)
+    ramp = torch.linspace(0, 255, size).view(1, size, 1)  # dark to bright: values span 0..255
+    for i in range(n_images):
+        colour = torch.rand(1, 1, 3, generator=generator)
+        noise = torch.randn(size, size, 3, generator=generator) * 20
+        pixels = (ramp * colour * 2 + noise).clamp(0, 255).to(torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f'{i:06d}.jpg', quality=95)
+    return Path(root)
 
 
 @_unit_test
-def test_get_dataloader(get_dataloader, data_dir):
-    """get_dataloader(batch_size, image_size, data_dir) yields shuffled float images in [0, 1]."""
+def test_get_dataloader(get_dataloader):
+    """get_dataloader(batch_size, image_size, data_dir) yields shuffled float images in [0, 1].
+
+    It runs on a small folder of made-up JPEGs laid out like the course data, so it is quick
+    and never touches your copy of the data.
+    """
+    with tempfile.TemporaryDirectory() as scratch, \
+            contextlib.redirect_stdout(io.StringIO()):  # only the verdict is printed
+        data_dir = _write_faces(Path(scratch) / 'faces')
+        _check_loader(get_dataloader, data_dir)
+
+
+def _check_loader(get_dataloader, data_dir):
+    """Every check of test_get_dataloader, on the images under data_dir."""
     first = None
     for batch_size, image_size in _LOADER_SETTINGS:
-        what = f'get_dataloader({batch_size}, {image_size}, data_dir={str(data_dir)!r})'
+        what = f'get_dataloader({batch_size}, {image_size}, data_dir=DATA_DIR)'
         loader = _call(what, 'data_dir is the folder that holds the image folder(s).',
-                       get_dataloader, batch_size, image_size, data_dir=data_dir)
+                       get_dataloader, batch_size, image_size, data_dir=str(data_dir))
         _check(isinstance(loader, DataLoader),
                f'{what} returned {type(loader).__name__}; expected a torch DataLoader. '
                f'Hint: return DataLoader(dataset, batch_size=batch_size, shuffle=True).')
         images = _first_images(loader, what)
         _check(images.dtype == torch.float32,
                f'{what} yielded images of dtype {images.dtype}; expected torch.float32. '
-               f'Hint: transforms.ToTensor() gives float32.')
+               f'Hint: convert the uint8 pixels with .float() / 255.')
         expected = (batch_size, 3, image_size, image_size)
         _check(tuple(images.shape) == expected,
                f'{what} yielded images of shape {_shape(images)}; expected {expected}. '
-               f'Hint: pass batch_size to the DataLoader and use Resize(image_size) and '
-               f'CenterCrop(image_size) before ToTensor() on RGB images.')
+               f'Hint: pass batch_size to the DataLoader and image_size to '
+               f'helpers.load_faces, and keep all 3 colour channels.')
         low, high = images.min().item(), images.max().item()
         _check(0 <= low and high <= 1 and high - low >= 0.5,
                f'{what} yielded images with values in [{low:.3f}, {high:.3f}]; expected values '
@@ -662,6 +694,12 @@ def _check_train_step(train_step, smooth):
     _check_discriminator_step(log, d_step, real_call, d_loss, smooth, what)
     g_step = _check_stepped('G', G.net, start['G'], log, what)
     _check_generator_step(log, d_step, g_step, g_loss, what)
+    frozen = [name for name, net in nets.items()
+              if not all(p.requires_grad for p in net.parameters())]
+    _check(not frozen,
+           f'After {what}, some parameters of {" and ".join(frozen)} no longer require '
+           f'gradients; expected both networks trainable again for the next step. Hint: after '
+           f'the generator update, call D.requires_grad_(True) (in a finally: block).')
 
 
 @_unit_test

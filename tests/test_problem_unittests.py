@@ -6,7 +6,7 @@ make the matching problem_unittests function raise an AssertionError whose messa
 earlier check) and a hint, and 'Tests Passed' must not be printed. Checks and their mutants:
 
   get_dataloader  DataLoader returned: returns_dataset; (images, labels): images_only;
-                  float32: float64; shape: ignores_batch_size, ignores_image_size,
+                  float32: float64, uint8; shape: ignores_batch_size, ignores_image_size,
                   one_channel; range in [0, 1]: scaled_0_255, normalized_to_minus1_1,
                   divided_by_255_twice; shuffled: not_shuffled; errors: ignores_data_dir
   scale           values: ignores_feature_range, clamps, offset_by_high; shape: flattens;
@@ -32,7 +32,7 @@ earlier check) and a hint, and 'Tests Passed' must not be printed. Checks and th
                   averaged_d_loss; D gradients: no_d_zero_grad; G stepped: no_g_step;
                   D judges again: g_step_first; g_loss: fake_loss_for_g, smoothed_g_labels;
                   G gradients: no_g_zero_grad, zero_grad_once_no_detach; errors:
-                  hardcoded_z_size
+                  hardcoded_z_size; trainable afterwards: d_left_frozen
 """
 import ast
 import functools
@@ -44,8 +44,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader
-from torchvision import transforms
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets, transforms
 
 import dcgan
 import problem_unittests as pu
@@ -63,12 +63,9 @@ REFERENCE = {
 }
 
 
-def run_unit_test(name, implementation, request):
-    """Call problem_unittests.<name> on implementation (with a data folder where needed)."""
-    args = (implementation,)
-    if name == 'test_get_dataloader':
-        args += (request.getfixturevalue('face_folder'),)
-    getattr(pu, name)(*args)
+def run_unit_test(name, implementation):
+    """Call problem_unittests.<name> on implementation."""
+    getattr(pu, name)(implementation)
 
 
 def mutants(name, *entries):
@@ -83,22 +80,37 @@ def mutants(name, *entries):
 # ---------------------------------------------------------------------------------------------
 
 
-def loader_mutant(then=None, shuffle=True, batch_size=None, image_size=None, collate_fn=None):
-    """A get_dataloader that wraps the reference: extra transform, fixed sizes, no shuffle..."""
+class Mapped(Dataset):
+    """Items of a dataset with fn applied to each image."""
+
+    def __init__(self, dataset, fn):
+        self.dataset, self.fn = dataset, fn
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return self.fn(image), label
+
+
+def loader_mutant(fn=None, shuffle=True, batch_size=None, image_size=None, collate_fn=None):
+    """A get_dataloader that wraps the reference: images changed by fn, fixed sizes, ..."""
     def get_dataloader(batch_size_, image_size_, data_dir='processed_celeba_small/'):
         reference = dcgan.get_dataloader(batch_size or batch_size_, image_size or image_size_,
                                          data_dir=data_dir)
-        dataset = reference.dataset
-        if then is not None:
-            dataset.transform = transforms.Compose([dataset.transform, then])
+        dataset = reference.dataset if fn is None else Mapped(reference.dataset, fn)
         return DataLoader(dataset, batch_size=reference.batch_size, shuffle=shuffle,
                           collate_fn=collate_fn)
     return get_dataloader
 
 
-def lambda_transform(fn):
-    """A transform applying fn to each image tensor."""
-    return transforms.Lambda(fn)
+def course_get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/'):
+    """The course's own approach: ImageFolder decoding every file with transforms."""
+    transform = transforms.Compose([transforms.Resize(image_size),
+                                    transforms.CenterCrop(image_size), transforms.ToTensor()])
+    return DataLoader(datasets.ImageFolder(data_dir, transform), batch_size=batch_size,
+                      shuffle=True)
 
 
 LOADER_MUTANTS = mutants(
@@ -107,17 +119,14 @@ LOADER_MUTANTS = mutants(
      'expected a torch DataLoader'),
     ('images_only', loader_mutant(collate_fn=lambda items: torch.stack([i for i, _ in items])),
      'expected (images, labels) pairs'),
-    ('float64', loader_mutant(lambda_transform(lambda x: x.double())), 'expected torch.float32'),
+    ('float64', loader_mutant(lambda x: x.double()), 'expected torch.float32'),
+    ('uint8', loader_mutant(lambda x: (x * 255).to(torch.uint8)), 'expected torch.float32'),
     ('ignores_batch_size', loader_mutant(batch_size=10), 'yielded images of shape (10, 3'),
     ('ignores_image_size', loader_mutant(image_size=64), 'yielded images of shape (8, 3, 64'),
-    ('one_channel', loader_mutant(lambda_transform(lambda x: x[:1])),
-     'yielded images of shape (8, 1'),
-    ('scaled_0_255', loader_mutant(lambda_transform(lambda x: x * 255)),
-     'values look like 0..255'),
-    ('normalized_to_minus1_1', loader_mutant(transforms.Normalize([0.5] * 3, [0.5] * 3)),
-     'remove transforms.Normalize'),
-    ('divided_by_255_twice', loader_mutant(lambda_transform(lambda x: x / 255)),
-     'do not divide again'),
+    ('one_channel', loader_mutant(lambda x: x[:1]), 'yielded images of shape (8, 1'),
+    ('scaled_0_255', loader_mutant(lambda x: x * 255), 'values look like 0..255'),
+    ('normalized_to_minus1_1', loader_mutant(lambda x: x * 2 - 1), 'do not normalise'),
+    ('divided_by_255_twice', loader_mutant(lambda x: x / 255), 'not twice'),
     ('not_shuffled', loader_mutant(shuffle=False), 'started with the same batch'),
     ('ignores_data_dir', lambda b, s, data_dir: dcgan.get_dataloader(b, s, 'no_such_folder/'),
      'raised FileNotFoundError'),
@@ -418,6 +427,13 @@ def concatenated_d_loss(D, real, fake, smooth):
     return dcgan.real_loss(out[:len(real)], smooth) + dcgan.fake_loss(out[len(real):])
 
 
+def d_left_frozen(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
+    """The reference step, but D is frozen for G's update and never unfrozen."""
+    result = dcgan.train_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth)
+    D.requires_grad_(False)
+    return result
+
+
 def g_step_first(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
     """Updates G before D, so G's loss comes from the old D."""
     fake = G(torch.randn(len(real_images), z_size))
@@ -486,6 +502,7 @@ TRAIN_STEP_MUTANTS = mutants(
     ('no_d_zero_grad', reference_with(d_skips=('zero_grad',)), 'D at d_optimizer.step()'),
     ('no_g_step', reference_with(g_skips=('step',)), 'left G\'s parameters unchanged'),
     ('g_step_first', g_step_first, 'D did not judge images from G between'),
+    ('d_left_frozen', d_left_frozen, 'no longer require gradients'),
     ('fake_loss_for_g', step_with(g_loss=lambda D, fake, smooth: dcgan.fake_loss(D(fake))),
      'fake_loss (label 0) instead of real_loss'),
     ('smoothed_g_labels',
@@ -580,6 +597,7 @@ ALTERNATIVES = [
     pytest.param('test_train_step', step_with(), id='mutant_baseline_step'),
     pytest.param('test_weights_init_normal', init_with(), id='mutant_baseline_init'),
     pytest.param('test_get_dataloader', loader_mutant(), id='mutant_baseline_loader'),
+    pytest.param('test_get_dataloader', course_get_dataloader, id='course_imagefolder_loader'),
     pytest.param('test_real_loss', loss_with(real_label), id='mutant_baseline_real_loss'),
     pytest.param('test_optimizers', optimizers_with(), id='mutant_baseline_optimizers'),
 ]
@@ -590,21 +608,21 @@ ALTERNATIVES = [
 
 
 @pytest.mark.parametrize('name', REFERENCE)
-def test_reference_passes(name, request, capsys):
-    run_unit_test(name, REFERENCE[name], request)
+def test_reference_passes(name, capsys):
+    run_unit_test(name, REFERENCE[name])
     assert capsys.readouterr().out == 'Tests Passed\n'
 
 
 @pytest.mark.parametrize('name, implementation', ALTERNATIVES)
-def test_correct_alternative_passes(name, implementation, request, capsys):
-    run_unit_test(name, implementation, request)
+def test_correct_alternative_passes(name, implementation, capsys):
+    run_unit_test(name, implementation)
     assert capsys.readouterr().out == 'Tests Passed\n'
 
 
 @pytest.mark.parametrize('name, implementation, match', ALL_MUTANTS)
-def test_mutant_is_caught(name, implementation, match, request, capsys):
+def test_mutant_is_caught(name, implementation, match, capsys):
     with pytest.raises(AssertionError, match=re.escape(match)) as caught:
-        run_unit_test(name, implementation, request)
+        run_unit_test(name, implementation)
     assert 'Hint: ' in str(caught.value)
     assert 'Tests Passed' not in capsys.readouterr().out
 
@@ -616,23 +634,24 @@ def test_every_unit_test_has_mutants():
 
 
 @pytest.mark.parametrize('name', REFERENCE)
-def test_global_random_state_is_left_alone(name, request, capsys):
+def test_global_random_state_is_left_alone(name, capsys):
     first_mutant = next(p.values[1] for p in ALL_MUTANTS if p.values[0] == name)
     before = torch.get_rng_state()
-    run_unit_test(name, REFERENCE[name], request)
+    run_unit_test(name, REFERENCE[name])
     assert torch.equal(torch.get_rng_state(), before)
     with pytest.raises(AssertionError):  # also when a check fails
-        run_unit_test(name, first_mutant, request)
+        run_unit_test(name, first_mutant)
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_imports_only_torch_numpy_and_the_standard_library():
+def test_imports_only_torch_pillow_and_the_standard_library():
     tree = ast.parse(Path(pu.__file__).read_text())
     imported = {alias.name.split('.')[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split('.')[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
-    assert imported <= {'collections', 'copy', 'functools', 'math', 'torch', 'numpy'}
+    assert imported <= {'collections', 'contextlib', 'copy', 'functools', 'io', 'math',
+                        'pathlib', 'tempfile', 'torch', 'numpy', 'PIL'}
 
 
 def test_lines_fit_in_100_characters():
@@ -642,8 +661,8 @@ def test_lines_fit_in_100_characters():
     assert not long_lines
 
 
-def test_whole_module_is_fast(request, capsys):
+def test_whole_module_is_fast(capsys):
     start = time.perf_counter()
     for name, implementation in REFERENCE.items():
-        run_unit_test(name, implementation, request)
+        run_unit_test(name, implementation)
     assert time.perf_counter() - start < 10

@@ -1,0 +1,255 @@
+"""Time full DCGAN training steps, data loading included, for several data paths.
+
+Every row trains the same course model (conv_dim 32, z 100) with the same batch size for the
+same number of steps, in this one process, so the rows can be compared as ratios:
+
+* the course recipe as the student projects wrote it: ImageFolder + Resize + ToTensor through
+  a DataLoader (num_workers 0, then 2), fp32;
+* this project's path: faces decoded once into memory (helpers.load_faces), then fp32,
+  channels_last, and the precision helpers.choose_precision picks for this machine.
+
+    python benchmark.py                  # the table; about a minute on 2 CPU cores
+    python benchmark.py --json out.json  # also write the figures
+    python benchmark.py --quick          # a few steps, to check that it runs (CI)
+"""
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+from tqdm.auto import tqdm
+
+import dcgan
+import helpers
+
+FULL_EPOCH_IMAGES = 32_600  # the course data set
+
+
+def course_loader(data_dir, batch_size, image_size, num_workers):
+    """The loader most student copies wrote: decode and resize every JPEG every epoch."""
+    transform = transforms.Compose([transforms.Resize(image_size), transforms.ToTensor()])
+    dataset = datasets.ImageFolder(data_dir, transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                      num_workers=num_workers)
+
+
+def build_models(args, device, channels_last):
+    """The course model, initialised as in the notebook, with its two optimizers."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    D = dcgan.Discriminator(args.conv_dim, args.image_size)
+    G = dcgan.Generator(args.z_size, args.conv_dim, args.image_size)
+    for net in (D, G):
+        net.apply(dcgan.weights_init_normal)
+        net.to(device, memory_format=memory_format)
+    return (D, G, *dcgan.build_optimizers(D, G, 2e-4, (0.5, 0.999)))
+
+
+def batches(loader):
+    """Endless batches of images: a new pass over the loader whenever one ends."""
+    while True:
+        for images, _ in loader:
+            yield images
+
+
+def time_steps(loader, args, device, amp_dtype, channels_last):
+    """Images per second over args.steps full training steps, data loading included."""
+    torch.manual_seed(0)
+    D, G, d_opt, g_opt = build_models(args, device, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    stream = batches(loader)
+
+    def step():
+        images = next(stream).to(device, memory_format=memory_format, non_blocking=True)
+        dcgan.train_step(D, G, d_opt, g_opt, images, args.z_size, smooth=True,
+                         amp_dtype=amp_dtype)
+
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
+def synchronize(device):
+    """Wait for queued GPU work, so that timings cover it."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_rss():
+    """Start a new peak-memory measurement (Linux: clear_refs resets VmHWM)."""
+    try:
+        Path('/proc/self/clear_refs').write_text('5')
+    except OSError:  # not Linux: peak_rss_mb then gives the peak since start
+        pass
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process since reset_peak_rss(), in MB."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == 'darwin' else peak / 2**10  # bytes / KiB
+
+
+def train_flops_per_image(args, device):
+    """FLOPs of one full training step (both networks, forward and backward), per image."""
+    D, G, d_opt, g_opt = build_models(args, device, channels_last=False)
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    with FlopCounterMode(display=False) as counter:
+        dcgan.train_step(D, G, d_opt, g_opt, images, args.z_size)
+    return counter.get_total_flops() / args.batch_size
+
+
+def matmul_flops_per_s(device, dtype, size=2048, seconds=1.0):
+    """Throughput of a large square matmul: the practical ceiling for this dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    synchronize(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+        synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def time_cache(data_dir, image_size, n_images):
+    """Seconds to decode the data into a fresh cache, then to load that cache again."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        helpers.load_faces(data_dir, image_size, n_images, cache_dir=cache_dir)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        helpers.load_faces(data_dir, image_size, n_images, cache_dir=cache_dir)
+        return build_s, time.perf_counter() - start
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data-dir', default='processed_celeba_small/',
+                        help='ImageFolder root of the faces (made by helpers.prepare_data)')
+    parser.add_argument('--steps', type=int, default=40, help='timed steps per row')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps per row')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--image-size', type=int, default=32)
+    parser.add_argument('--conv-dim', type=int, default=32)
+    parser.add_argument('--z-size', type=int, default=100)
+    parser.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'),
+                        help="the project path's precision (default: chosen for this machine)")
+    parser.add_argument('--quick', action='store_true',
+                        help='3 steps per row at batch 32: checks that everything runs')
+    parser.add_argument('--json', type=Path, help='write the figures to this file')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.batch_size = 3, 1, 32
+    return args
+
+
+def run(args):
+    """Measure every row; returns the report as a plain dict."""
+    device = helpers.choose_device()
+    amp_dtype = helpers.choose_precision(device, args.precision)
+    # Enough images for every timed step to see new data, at most the whole set.
+    n_images = None if not args.quick else (args.steps + args.warmup) * args.batch_size
+    cache_build_s, cache_load_s = time_cache(args.data_dir, args.image_size, n_images)
+    fast = dcgan.get_dataloader(args.batch_size, args.image_size, args.data_dir, n_images)
+    epoch_images = FULL_EPOCH_IMAGES if not args.quick else len(fast.dataset)
+
+    rows = [
+        ('course recipe, num_workers=0', course_loader(args.data_dir, args.batch_size,
+                                                       args.image_size, 0), None, False),
+        ('course recipe, num_workers=2', course_loader(args.data_dir, args.batch_size,
+                                                       args.image_size, 2), None, False),
+        ('decoded once, fp32', fast, None, False),
+        ('decoded once, fp32, channels_last', fast, None, True),
+    ]
+    if amp_dtype is not None:
+        rows.append(('decoded once, bf16 autocast, channels_last', fast, amp_dtype, True))
+    default_name = rows[-1][0]
+
+    flops = train_flops_per_image(args, device)
+    peaks = {None: matmul_flops_per_s(device, torch.float32)}
+    if amp_dtype is not None:
+        peaks[amp_dtype] = matmul_flops_per_s(device, amp_dtype)
+
+    results = []
+    for name, loader, dtype, channels_last in tqdm(rows, desc='benchmark rows'):
+        reset_peak_rss()
+        img_per_s = time_steps(loader, args, device, dtype, channels_last)
+        results.append({
+            'name': name, 'default': name == default_name,
+            'img_per_s': img_per_s, 'epoch_s': epoch_images / img_per_s,
+            'flop_fraction': flops * img_per_s / peaks[dtype],
+            'peak_rss_mb': peak_rss_mb(),
+        })
+    for row in results:
+        row['speedup'] = row['img_per_s'] / results[0]['img_per_s']
+    default = next(row for row in results if row['default'])
+    return {
+        'cpu': helpers.cpu_name(), 'device': str(device),
+        'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+        'torch': torch.__version__, 'python': platform.python_version(),
+        'threads': torch.get_num_threads(), 'batch_size': args.batch_size,
+        'steps': args.steps, 'epoch_images': epoch_images,
+        'train_mflop_per_image': flops / 1e6,
+        'matmul_gflop_per_s': {str(k or torch.float32): v / 1e9 for k, v in peaks.items()},
+        'cache_build_s': cache_build_s, 'cache_load_s': cache_load_s,
+        **{key: default[key] for key in
+           ('speedup', 'img_per_s', 'epoch_s', 'peak_rss_mb', 'flop_fraction')},
+        'rows': results,
+    }
+
+
+def format_table(report):
+    """The report as a Markdown table plus a few lines of context."""
+    lines = ['| path | images/s | epoch (s) | speed-up | share of matmul peak | '
+             'peak RSS (MB) |', '|---|---:|---:|---:|---:|---:|']
+    for row in report['rows']:
+        mark = ' **(default)**' if row['default'] else ''
+        lines.append(f"| {row['name']}{mark} | {row['img_per_s']:,.0f} | "
+                     f"{row['epoch_s']:.1f} | {row['speedup']:.2f}x | "
+                     f"{row['flop_fraction']:.0%} | {row['peak_rss_mb']:,.0f} |")
+    where = report['gpu'] or f"{report['cpu']}, {report['threads']} threads"
+    peaks = ', '.join(f'{k.replace("torch.", "")} {v:,.0f}'
+                      for k, v in report['matmul_gflop_per_s'].items())
+    lines += ['', f"Measured on {where}, torch {report['torch']}; batch "
+              f"{report['batch_size']}, {report['steps']} timed steps per row; epoch = "
+              f"{report['epoch_images']:,} images.",
+              f"Training step: {report['train_mflop_per_image']:.0f} MFLOP per image; "
+              f"matmul peak (GFLOP/s): {peaks}.",
+              f"Decode cache: built in {report['cache_build_s']:.1f} s, loaded again in "
+              f"{report['cache_load_s']:.2f} s. Peak RSS: this process during the row "
+              f"(DataLoader workers not included)."]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = run(args)
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')
+        print(f'wrote {args.json}')
+    return report
+
+
+if __name__ == '__main__':
+    main()

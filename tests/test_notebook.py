@@ -1,0 +1,48 @@
+"""The committed notebook is set up so that nbval really checks every exercise."""
+import json
+import re
+
+import export
+
+
+def code_cells():
+    cells = json.loads(export.NOTEBOOK.read_text(encoding='utf-8'))['cells']
+    return [cell for cell in cells if cell['cell_type'] == 'code']
+
+
+def stdout_of(cell):
+    return ''.join(''.join(out['text']) for out in cell.get('outputs', [])
+                   if out['output_type'] == 'stream' and out['name'] == 'stdout')
+
+
+def test_every_check_cell_is_compared_against_tests_passed():
+    """nbval --nbval-lax compares only marked cells, and only against saved output."""
+    checks = [cell for cell in code_cells() if 'tests.test_' in ''.join(cell['source'])]
+    assert len(checks) >= 8
+    for cell in checks:
+        source = ''.join(cell['source'])
+        calls = len(re.findall(r'^tests\.test_\w+\(', source, flags=re.M))
+        assert source.startswith('# NBVAL_CHECK_OUTPUT\n'), source
+        assert stdout_of(cell) == 'Tests Passed\n' * calls, source
+
+
+def test_every_problem_unittest_is_called_in_the_notebook():
+    import problem_unittests
+    called = set(re.findall(r'tests\.(test_\w+)\(',
+                            ''.join(''.join(c['source']) for c in code_cells())))
+    defined = {name for name in dir(problem_unittests) if name.startswith('test_')}
+    assert called == defined
+
+
+def test_committed_notebook_shows_a_full_run():
+    """Readers of the notebook and its HTML see a real run, not quick mode or an error."""
+    cells = code_cells()
+    counts = [cell.get('execution_count') for cell in cells]
+    assert counts == list(range(1, len(cells) + 1)), \
+        'the notebook was not run top to bottom in one go: run it all before committing it'
+    errors = [out for cell in cells for out in cell.get('outputs', [])
+              if out['output_type'] == 'error']
+    assert not errors
+    printed = ''.join(stdout_of(cell) for cell in cells)
+    assert 'Quick mode' not in printed
+    assert re.search(r'^epoch (\d+)/\1: ', printed, flags=re.M), 'training did not finish'
