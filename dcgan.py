@@ -182,53 +182,73 @@ def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
     return d_loss.item(), g_loss.item()
 
 
-def sample_images(G, z):
-    """G's images for z, in eval mode (batch-norm running statistics), on the CPU."""
-    was_training = G.training
-    G.eval()
-    with torch.no_grad():
-        images = G(z).cpu()  # (N, 3, S, S) in [-1, 1]
-    G.train(was_training)
-    return images
+def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, device,
+                amp_dtype=None, desc='epoch'):
+    """One pass over loader; returns this epoch's per-batch D and G losses."""
+    d_losses, g_losses = [], []
+    batches = tqdm(loader, desc=desc, leave=False)
+    for real_images, _ in batches:
+        real_images = real_images.to(  # (N, 3, S, S) in [0, 1]
+            device, memory_format=torch.channels_last, non_blocking=True)
+        d_loss, g_loss = train_step(D, G, d_optimizer, g_optimizer,
+                                    real_images, config['z_size'],
+                                    config['smooth'], amp_dtype)
+        if not math.isfinite(d_loss + g_loss):
+            raise FloatingPointError(
+                f'Training diverged in {desc}, batch {len(d_losses) + 1}: '
+                f'D loss {d_loss}, G loss {g_loss}.')
+        d_losses.append(d_loss)
+        g_losses.append(g_loss)
+        if len(d_losses) % config['print_every'] == 1:
+            batches.set_postfix(d_loss=f'{d_loss:.3f}', g_loss=f'{g_loss:.3f}')
+    return d_losses, g_losses
 
 
 def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
           run_dir='run', amp_dtype=None):
-    """Train for config['n_epochs'] epochs; returns per-batch losses and the
-    fixed-z samples of every epoch."""
-    run_dir = Path(run_dir)
-    losses = {'D': [], 'G': []}
-    samples = []  # one (sample_size, 3, S, S) tensor per epoch
-    for epoch in range(1, config['n_epochs'] + 1):
+    """Train until config['n_epochs'] epochs are done, going on from the
+    checkpoint in run_dir if an earlier run left one. Returns the per-batch
+    losses and the fixed-z samples of every epoch."""
+    if len(loader) == 0:
+        raise ValueError(
+            f'batch_size={loader.batch_size} is larger than the '
+            f'{len(loader.dataset)} training images, so an epoch has no full '
+            f'batch. Lower batch_size or train on more images.')
+    checkpoint = Path(run_dir) / 'checkpoint.pt'
+    nets = {'D': D, 'G': G}
+    optimizers = {'opt_D': d_optimizer, 'opt_G': g_optimizer}
+    state = helpers.resume_training(checkpoint, config, nets, optimizers)
+    losses, samples, done = {'D': [], 'G': []}, [], 0
+    if state is not None:  # the fixed noise must stay the same across runs
+        losses, samples, done = state['losses'], list(state['samples']), \
+            state['epoch']
+        fixed_z = state['fixed_z'].to(fixed_z.device)
+    n_epochs = config['n_epochs']
+    for epoch in range(done + 1, n_epochs + 1):
+        last_good = (f'{checkpoint} holds epoch {epoch - 1}' if epoch > 1
+                     else 'no epoch has finished, so there is no checkpoint')
         start = time.perf_counter()
-        D.train()
-        G.train()
-        batches = tqdm(loader, desc=f'epoch {epoch}/{config["n_epochs"]}',
-                       leave=False)
-        for i, (real_images, _) in enumerate(batches):
-            real_images = real_images.to(  # (N, 3, S, S) in [0, 1]
-                fixed_z.device, memory_format=torch.channels_last,
-                non_blocking=True)
-            d_loss, g_loss = train_step(D, G, d_optimizer, g_optimizer,
-                                        real_images, config['z_size'],
-                                        config['smooth'], amp_dtype)
-            losses['D'].append(d_loss)
-            losses['G'].append(g_loss)
-            if i % config['print_every'] == 0:
-                batches.set_postfix(d_loss=f'{d_loss:.3f}',
-                                    g_loss=f'{g_loss:.3f}')
-        n = len(loader)  # the batches of this epoch
-        print(f'epoch {epoch}/{config["n_epochs"]}: '
-              f'D loss {sum(losses["D"][-n:]) / n:.3f}, '
-              f'G loss {sum(losses["G"][-n:]) / n:.3f} '
+        try:
+            d_losses, g_losses = train_epoch(
+                D, G, d_optimizer, g_optimizer, loader, config,
+                fixed_z.device, amp_dtype, f'epoch {epoch}/{n_epochs}')
+        except KeyboardInterrupt:
+            print(f'Interrupted in epoch {epoch}: {last_good}. Run this cell '
+                  f'again to go on from there.')
+            break
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f'{error} {last_good}. Start a new run (another run_dir) with '
+                f'a lower lr or another seed.') from None
+        losses['D'] += d_losses
+        losses['G'] += g_losses
+        print(f'epoch {epoch}/{n_epochs}: '
+              f'D loss {sum(d_losses) / len(d_losses):.3f}, '
+              f'G loss {sum(g_losses) / len(g_losses):.3f} '
               f'({time.perf_counter() - start:.1f} s)')
-        samples.append(sample_images(G, fixed_z))
-        helpers.save_image_grid(
-            samples[-1], run_dir / 'samples' / f'epoch_{epoch:03d}.png')
-        helpers.save_checkpoint(run_dir / 'checkpoint.pt', {
-            'config': config, 'epoch': epoch,
-            'D': D.state_dict(), 'G': G.state_dict(),
-            'opt_D': d_optimizer.state_dict(),
-            'opt_G': g_optimizer.state_dict(),
-            'losses': losses, 'fixed_z': fixed_z.cpu()})
+        samples.append(helpers.generate(G, fixed_z))  # (sample_size, 3, S, S)
+        helpers.save_image_grid(samples[-1], Path(run_dir) / 'samples'
+                                / f'epoch_{epoch:03d}.png')
+        helpers.save_checkpoint(checkpoint, helpers.training_state(
+            config, epoch, nets, optimizers, losses, fixed_z, samples))
     return losses, samples

@@ -6,6 +6,7 @@ safe load), the decoded-image cache and the precision choice. Nothing here impor
 notebook or the exercise code.
 """
 import hashlib
+import io
 import http.client
 import json
 import operator
@@ -462,6 +463,74 @@ def load_checkpoint(path, map_location='cpu'):
     return state
 
 
+# Settings that must be whole numbers of at least 1. image_size and precision are checked
+# where they are used (the networks and choose_precision), also before any training.
+_COUNTS = ('batch_size', 'z_size', 'conv_dim', 'n_epochs', 'sample_size', 'print_every')
+
+
+def check_config(config):
+    """Raise a ValueError naming the first impossible setting, before anything is built."""
+    for name in _COUNTS:
+        _positive_int(config[name], name)
+    if config.get('n_images') is not None:
+        _positive_int(config['n_images'], 'n_images')
+    if not 0 < config['lr'] < 1:
+        raise ValueError(f"lr must be between 0 and 1 (DCGAN: 0.0002); got {config['lr']!r}.")
+    for name in ('beta1', 'beta2'):
+        if not 0 <= config[name] < 1:
+            raise ValueError(f'{name} must be in [0, 1) (DCGAN: beta1 0.5, beta2 0.999); '
+                             f'got {config[name]!r}.')
+
+
+# Settings that may change between a run and its resumption without changing what is trained.
+_RESUMABLE_CHANGES = {'n_epochs', 'print_every'}
+
+
+def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples):
+    """The checkpoint for the end of an epoch: weights, optimizer states, losses, the fixed
+    noise, its samples so far and the random-number state, as tensors and plain values."""
+    return {
+        'config': dict(config), 'epoch': epoch,
+        **{name: net.state_dict() for name, net in nets.items()},
+        **{name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        'losses': {name: list(values) for name, values in losses.items()},
+        'fixed_z': fixed_z.detach().cpu(),
+        'samples': torch.stack(samples),  # (epochs, N, 3, S, S) in [-1, 1]
+        'rng': {'torch': torch.get_rng_state(),
+                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+
+
+def _check_same_recipe(saved, config, path):
+    """Refuse to resume a run whose settings differ in anything but its length."""
+    changed = sorted(key for key in set(saved) | set(config)
+                     if key not in _RESUMABLE_CHANGES and saved.get(key) != config.get(key))
+    if changed:
+        diffs = ', '.join(f'{key} {saved.get(key)!r} there, {config.get(key)!r} here'
+                          for key in changed)
+        raise ValueError(
+            f'{path} was saved by a run with other settings ({diffs}). Delete '
+            f'{Path(path).parent} to start a new run, or set run_dir to another folder.')
+
+
+def resume_training(path, config, nets, optimizers):
+    """Load the checkpoint at path, if there is one, into nets and optimizers and restore the
+    random-number state, so training goes on exactly where it stopped. Returns the
+    checkpoint dict, or None when there is nothing to resume."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    _check_same_recipe(state['config'], config, path)
+    for name, module in {**nets, **optimizers}.items():
+        module.load_state_dict(state[name])
+    torch.set_rng_state(state['rng']['torch'])
+    if state['rng']['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['rng']['cuda'])
+    print(f'Resuming from {path}: {state["epoch"]} of {config["n_epochs"]} epochs done.')
+    return state
+
+
 # ---------------------------------------------------------------------------------------
 # Decoded-image cache. Decoding 32,600 JPEGs takes seconds; reading them back as one
 # uint8 tensor takes a fraction of one. The tensor lives beside the data, keyed by the
@@ -855,3 +924,188 @@ def choose_precision(device, precision='auto'):
         dtype, reason = None, f'no bf16 check for {device.type} devices'
     print(f'Precision: {"fp32" if dtype is None else "bf16 autocast"} ({reason})')
     return dtype
+
+
+# ---------------------------------------------------------------------------------------
+# Latent-space explorer: a generated face is a point z, so walking z from one seed's
+# point to another's morphs one face into the other. Smooth morphs mean G learnt a
+# continuous face space rather than memorising single pictures.
+# ---------------------------------------------------------------------------------------
+
+_MIN_SIN = 1e-6     # below this the ends are (anti)parallel: no single great circle
+_FACE_PIXELS = 256  # the explorer's large face is about this wide
+_TILE_PIXELS = 64   # ... and each face in its path strip about this wide
+_MARK_COLOUR = (0.85, 0.1, 0.1)  # frame around the slider's face in the strip
+_EXPLORER_NOTE = ('The interactive explorer needs Jupyter with ipywidgets (pip install '
+                  'ipywidgets, then run this in a notebook); drawing a static grid instead.')
+
+
+def _latent_vector(z, name):
+    """z as a 1-D float64 CPU tensor; z may be (z_size,) or one row (1, z_size)."""
+    if z.dim() == 2 and z.shape[0] == 1:
+        z = z[0]
+    if z.dim() != 1:
+        raise ValueError(f'{name} must be one latent vector, (z_size,) or (1, z_size); got '
+                         f'shape {tuple(z.shape)}. Pass a single row, e.g. z[i].')
+    return z.detach().to('cpu', torch.float64)
+
+
+def _slerp(a, b, t):
+    """Points at fractions t (a column) of the way from a to b: the direction turns along
+    the great circle through a and b while the length changes linearly."""
+    length_a, length_b = a.norm(), b.norm()
+    if length_a == 0 or length_b == 0:
+        return (1 - t) * a + t * b
+    u, v = a / length_a, b / length_b
+    angle = torch.arccos(torch.dot(u, v).clamp(-1.0, 1.0))
+    if torch.sin(angle) < _MIN_SIN:
+        return (1 - t) * a + t * b
+    direction = (torch.sin((1 - t) * angle) * u + torch.sin(t * angle) * v) / torch.sin(angle)
+    return direction * ((1 - t) * length_a + t * length_b)
+
+
+def latent_path(z_start, z_end, steps):
+    """(steps, z_size) float32 latent points from z_start to z_end, ends included, on
+    z_start's device.
+
+    Gaussian latent vectors of size d lie almost all near the sphere of radius sqrt(d),
+    so that is where G was trained. A straight line between two of them cuts inside the
+    sphere (halfway between two random z its length is only about 0.7 of theirs) and the
+    middle faces come out faded. Spherical interpolation (slerp) keeps every point at a
+    length between those of the ends. Where the ends are (anti)parallel, or one is zero,
+    there is no single great circle, so the path is the straight line instead.
+    """
+    start, end = _latent_vector(z_start, 'z_start'), _latent_vector(z_end, 'z_end')
+    if start.shape != end.shape:
+        raise ValueError(f'z_start and z_end must have the same size; got {start.numel()} '
+                         f'and {end.numel()}. Draw both with the same z_size.')
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f'steps must be an integer of at least 2 (the two ends); '
+                         f'got {steps!r}.')
+    t = torch.linspace(0, 1, steps, dtype=torch.float64)[:, None]  # (steps, 1)
+    return _slerp(start, end, t).to(z_start.device, torch.float32)
+
+
+def seeded_z(seed, z_size, device='cpu'):
+    """The latent vector (1, z_size) for seed: the same seed gives the same z everywhere.
+
+    It is drawn on the CPU from a torch.Generator of its own, so it does not depend on
+    the device and leaves torch's global random state (and so a seeded run) untouched.
+    """
+    generator = torch.Generator(device='cpu').manual_seed(seed)
+    return torch.randn(1, z_size, generator=generator).to(device)
+
+
+def _model_device(model):
+    """The device of model's first parameter (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device('cpu')
+
+
+def generate(G, z):
+    """G's images for z, (N, 3, H, W) in [-1, 1] on the CPU, in eval mode (batch norm uses
+    its running statistics) and without gradients; G's training mode is restored after."""
+    was_training = G.training
+    G.eval()  # batch norm uses its running statistics and does not update them
+    try:
+        with torch.no_grad():
+            return G(z.to(_model_device(G))).cpu()
+    finally:
+        G.train(was_training)
+
+
+def _seed_pair_paths(z_size, seeds, steps):
+    """The latent paths between consecutive seeds, stacked: (len(seeds) - 1) * steps rows."""
+    if len(seeds) < 2:
+        raise ValueError(f'seeds needs at least two seeds to walk between; got {seeds!r}.')
+    pairs = zip(seeds[:-1], seeds[1:])
+    return torch.cat([latent_path(seeded_z(a, z_size), seeded_z(b, z_size), steps)
+                      for a, b in pairs])
+
+
+def interpolation_grid(G, z_size, seeds, steps=8, path=None, title=None):
+    """Faces along the latent path between each pair of consecutive seeds, one row per
+    pair (seeds[0] to seeds[1], seeds[1] to seeds[2], ...), steps faces per row.
+    Returns the Figure and writes it as a PNG when path is given."""
+    images = generate(G, _seed_pair_paths(z_size, seeds, steps))
+    return show_images(images, nrow=steps, value_range=(-1, 1), title=title, path=path)
+
+
+def _in_kernel():
+    """True when running in a Jupyter kernel, where widgets can be shown."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, 'kernel')  # terminal IPython has none
+
+
+def _widgets_or_none():
+    """The ipywidgets module when widgets can be shown here, else None."""
+    if not _in_kernel():
+        return None
+    try:
+        import ipywidgets
+    except ImportError:
+        return None
+    return ipywidgets
+
+
+def _png(pixels, scale):
+    """PNG bytes of an (H, W, 3) array in [0, 1], each pixel enlarged to scale x scale."""
+    image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+def _mark_tile(pixels, index, size):
+    """Colour the padding around face index of a one-row grid (padding 2) in place."""
+    left, right = index * (size + 2), (index + 1) * (size + 2) + 2
+    pixels[:2, left:right] = pixels[-2:, left:right] = _MARK_COLOUR
+    pixels[:, left:left + 2] = pixels[:, right - 2:right] = _MARK_COLOUR
+    return pixels
+
+
+def _explorer_box(widgets, G, z_size, seeds, steps):
+    """The explorer's widgets, already showing seeds[0]'s face; see explore."""
+    start = widgets.IntText(value=seeds[0], description='start seed')
+    end = widgets.IntText(value=seeds[1], description='end seed')
+    position = widgets.IntSlider(value=0, min=0, max=steps - 1, description='position')
+    whole = widgets.Checkbox(value=True, description='show the whole path')
+    face, strip = widgets.Image(format='png'), widgets.Image(format='png')
+
+    def update(_change=None):
+        """Draw the face at the slider's position and, if asked for, the whole path."""
+        z_path = latent_path(seeded_z(start.value, z_size), seeded_z(end.value, z_size), steps)
+        images = generate(G, z_path)
+        size = images.shape[-1]
+        face.value = _png(_grid_pixels(images[position.value:position.value + 1], 1, (-1, 1)),
+                          max(1, _FACE_PIXELS // size))
+        strip_pixels = _mark_tile(_grid_pixels(images, steps, (-1, 1)), position.value, size)
+        strip.value = _png(strip_pixels, max(1, _TILE_PIXELS // size))
+        strip.layout.display = None if whole.value else 'none'
+
+    for control in (start, end, position, whole):
+        control.observe(update, names='value')
+    update()
+    controls = widgets.VBox([widgets.HBox([start, end]), widgets.HBox([position, whole])])
+    return widgets.VBox([controls, face, strip])
+
+
+def explore(G, z_size, seeds=(0, 1), steps=8):
+    """Walk through G's latent space in a notebook: two seeds pick the end faces and a
+    slider moves from one to the other along latent_path; the face at the slider is shown
+    large, the whole path in a strip below it. Returns the widget box (end the cell with
+    it to show it). Without a Jupyter kernel or ipywidgets it prints a note, draws
+    interpolation_grid(G, z_size, seeds, steps) instead and returns that Figure."""
+    if len(seeds) != 2:
+        raise ValueError(f'explore walks between two seeds (start, end); got {seeds!r}. '
+                         f'For a longer chain use interpolation_grid.')
+    widgets = _widgets_or_none()
+    if widgets is None:
+        print(_EXPLORER_NOTE)
+        return interpolation_grid(G, z_size, seeds, steps)
+    return _explorer_box(widgets, G, z_size, seeds, steps)

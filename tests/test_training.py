@@ -1,0 +1,136 @@
+"""train(): checkpoints every epoch, exact resume, clear stops on interrupt and divergence."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import dcgan
+import helpers
+
+CONFIG = dict(batch_size=8, image_size=8, z_size=4, conv_dim=4, lr=2e-3, beta1=0.5,
+              beta2=0.999, smooth=True, n_epochs=3, n_images=None, sample_size=4, seed=0,
+              precision='fp32', print_every=1, quick=True)
+
+
+def make_run(seed, config=CONFIG, n_images=32):
+    """Seeded networks, optimizers, loader and fixed noise, built as the notebook does."""
+    torch.manual_seed(seed)
+    size = config['image_size']
+    faces = torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(123))
+    loader = DataLoader(dcgan.FaceDataset(faces), batch_size=config['batch_size'],
+                        shuffle=True, drop_last=True)
+    D = dcgan.Discriminator(config['conv_dim'], size)
+    G = dcgan.Generator(config['z_size'], config['conv_dim'], size)
+    for net in (D, G):
+        net.apply(dcgan.weights_init_normal)
+        net.to(memory_format=torch.channels_last)
+    d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
+                                          (config['beta1'], config['beta2']))
+    fixed_z = torch.randn(config['sample_size'], config['z_size'])
+    return D, G, d_opt, g_opt, loader, fixed_z
+
+
+def train(run_dir, seed=0, config=CONFIG, **kwargs):
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(seed, config, **kwargs)
+    losses, samples = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config, run_dir)
+    return losses, samples, G
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full_losses, full_samples, full_G = train(tmp_path / 'a')
+
+    train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2})
+    # A new process would rebuild everything from other random numbers: resuming must not care.
+    losses, samples, G = train(tmp_path / 'b', seed=99)
+
+    assert losses == full_losses
+    assert len(samples) == len(full_samples) == 3
+    assert all(torch.equal(a, b) for a, b in zip(samples, full_samples))
+    for name, value in full_G.state_dict().items():
+        assert torch.equal(G.state_dict()[name], value), name
+
+
+def test_checkpoint_holds_the_whole_state_and_loads_safely(tmp_path):
+    train(tmp_path)
+    state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')  # weights_only=True
+    assert {'config', 'epoch', 'D', 'G', 'opt_D', 'opt_G', 'losses', 'fixed_z', 'rng',
+            'samples'} <= set(state)
+    assert state['epoch'] == 3 and state['config'] == CONFIG
+    assert state['samples'].shape == (3, 4, 3, 8, 8)
+    assert len(state['losses']['D']) == 3 * 4  # 3 epochs of 4 batches
+    assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == [
+        'epoch_001.png', 'epoch_002.png', 'epoch_003.png']
+
+
+def test_finished_run_is_loaded_not_trained_again(tmp_path, monkeypatch):
+    losses, samples, _ = train(tmp_path)
+    monkeypatch.setattr(dcgan, 'train_step', lambda *a, **k: pytest.fail('trained again'))
+    again, samples_again, _ = train(tmp_path, seed=5)
+    assert again == losses and len(samples_again) == 3
+
+
+def test_interrupt_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    real_step, calls = dcgan.train_step, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # epoch 2, batch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(dcgan, 'train_step', interrupted_in_epoch_2)
+    losses, samples, _ = train(tmp_path)
+    out = capsys.readouterr().out
+    assert 'Interrupted in epoch 2' in out and 'holds epoch 1' in out
+    assert len(losses['D']) == 4 and len(samples) == 1  # only finished epochs
+    assert helpers.load_checkpoint(tmp_path / 'checkpoint.pt')['epoch'] == 1
+
+    monkeypatch.setattr(dcgan, 'train_step', real_step)
+    losses, samples, _ = train(tmp_path)
+    assert len(losses['D']) == 12 and len(samples) == 3
+
+
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_step, calls = dcgan.train_step, []
+
+    def diverges_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        d_loss, g_loss = real_step(*args, **kwargs)
+        return (math.nan if len(calls) == 7 else d_loss), g_loss
+
+    monkeypatch.setattr(dcgan, 'train_step', diverges_in_epoch_2)
+    with pytest.raises(FloatingPointError, match=r'epoch 2/3, batch 3.*holds epoch 1'):
+        train(tmp_path)
+    assert helpers.load_checkpoint(tmp_path / 'checkpoint.pt')['epoch'] == 1
+
+
+def test_other_settings_are_not_resumed(tmp_path):
+    train(tmp_path, config={**CONFIG, 'n_epochs': 1})
+    with pytest.raises(ValueError, match=r"lr 0\.002 there, 0\.01 here"):
+        train(tmp_path, config={**CONFIG, 'lr': 0.01})
+
+
+def test_batch_larger_than_the_data_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r'batch_size=64 is larger than the 32 training'):
+        train(tmp_path, config={**CONFIG, 'batch_size': 64})
+    assert not (tmp_path / 'checkpoint.pt').exists()
+
+
+@pytest.mark.parametrize('name, value', [
+    ('batch_size', 0), ('z_size', 0), ('conv_dim', -1), ('n_epochs', 2.5),
+    ('sample_size', '16'), ('print_every', 0), ('n_images', 0), ('lr', 0), ('lr', 2),
+    ('beta1', 1.0), ('beta2', -0.1)])
+def test_impossible_settings_are_named(name, value):
+    helpers.check_config(CONFIG)  # the good settings pass
+    with pytest.raises(ValueError, match=name):
+        helpers.check_config({**CONFIG, name: value})
+
+
+@pytest.mark.parametrize('image_size', [0, 4, 48, 100])
+@pytest.mark.parametrize('build', [lambda s: dcgan.Discriminator(8, s),
+                                   lambda s: dcgan.Generator(4, 8, s)], ids=['D', 'G'])
+def test_image_sizes_the_networks_cannot_make_are_named(build, image_size):
+    with pytest.raises(ValueError, match=rf'image_size must be a power of two.*got {image_size}'):
+        build(image_size)
