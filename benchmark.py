@@ -42,13 +42,11 @@ def course_loader(data_dir, batch_size, image_size, num_workers):
 
 
 def build_models(args, device, channels_last):
-    """The course model, initialised as in the notebook, with its two optimizers."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    D = dcgan.Discriminator(args.conv_dim, args.image_size)
-    G = dcgan.Generator(args.z_size, args.conv_dim, args.image_size)
-    for net in (D, G):
-        net.apply(dcgan.weights_init_normal)
-        net.to(device, memory_format=memory_format)
+    """The course model, built as in the notebook, with its two optimizers."""
+    D, G = dcgan.build_networks(args.z_size, args.conv_dim, args.image_size, device)
+    if not channels_last:
+        for net in (D, G):
+            net.to(memory_format=torch.contiguous_format)
     return (D, G, *dcgan.build_optimizers(D, G, 2e-4, (0.5, 0.999)))
 
 

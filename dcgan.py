@@ -127,6 +127,17 @@ def weights_init_normal(m):
             nn.init.zeros_(m.bias)
 
 
+def build_networks(z_size, conv_dim, image_size, device):
+    """D and G, initialised with weights_init_normal, on device in
+    channels_last."""
+    D = Discriminator(conv_dim, image_size)
+    G = Generator(z_size, conv_dim, image_size)
+    for net in (D, G):
+        net.apply(weights_init_normal)
+        net.to(device, memory_format=torch.channels_last)
+    return D, G
+
+
 SMOOTH_REAL_LABEL = 0.9  # target for real images when smoothing is on
 
 

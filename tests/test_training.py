@@ -21,11 +21,7 @@ def make_run(seed, config=CONFIG, n_images=32):
                           generator=torch.Generator().manual_seed(123))
     loader = DataLoader(dcgan.FaceDataset(faces), batch_size=config['batch_size'],
                         shuffle=True, drop_last=True)
-    D = dcgan.Discriminator(config['conv_dim'], size)
-    G = dcgan.Generator(config['z_size'], config['conv_dim'], size)
-    for net in (D, G):
-        net.apply(dcgan.weights_init_normal)
-        net.to(memory_format=torch.channels_last)
+    D, G = dcgan.build_networks(config['z_size'], config['conv_dim'], size, 'cpu')
     d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
                                           (config['beta1'], config['beta2']))
     fixed_z = torch.randn(config['sample_size'], config['z_size'])
