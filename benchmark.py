@@ -132,10 +132,10 @@ def time_cache(data_dir, image_size, n_images):
     """Seconds to decode the data into a fresh cache, then to load that cache again."""
     with tempfile.TemporaryDirectory() as cache_dir:
         start = time.perf_counter()
-        helpers.load_faces(data_dir, image_size, n_images, cache_dir=cache_dir)
+        helpers.load_faces(data_dir, image_size, n_images, cache_dir, 'train')
         build_s = time.perf_counter() - start
         start = time.perf_counter()
-        helpers.load_faces(data_dir, image_size, n_images, cache_dir=cache_dir)
+        helpers.load_faces(data_dir, image_size, n_images, cache_dir, 'train')
         return build_s, time.perf_counter() - start
 
 

@@ -30,7 +30,9 @@ class FaceDataset(Dataset):
 def get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/',
                    n_images=None):
     """Shuffled batches of (images, labels); images are floats in [0, 1]."""
-    images = helpers.load_faces(data_dir, image_size, n_images)  # (N, 3, S, S)
+    # split='train': the 2,600 held-out faces stay unseen, for the quality score
+    images = helpers.load_faces(data_dir, image_size, n_images,
+                                split='train')  # (N, 3, S, S) uint8
     # drop_last: every step sees a full batch, so batch-norm statistics never
     # come from a handful of images. Pinned memory speeds up copies to a GPU.
     return DataLoader(FaceDataset(images), batch_size=batch_size,
@@ -194,8 +196,9 @@ def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
 
 
 def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, device,
-                amp_dtype=None, desc='epoch'):
-    """One pass over loader; returns this epoch's per-batch D and G losses."""
+                amp_dtype=None, desc='epoch', schedulers=()):
+    """One pass over loader; returns this epoch's per-batch D and G losses.
+    Each learning-rate scheduler takes one step per batch."""
     d_losses, g_losses = [], []
     batches = tqdm(loader, desc=desc, leave=False)
     for real_images, _ in batches:
@@ -210,16 +213,19 @@ def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, device,
                 f'D loss {d_loss}, G loss {g_loss}.')
         d_losses.append(d_loss)
         g_losses.append(g_loss)
+        for scheduler in schedulers:
+            scheduler.step()
         if len(d_losses) % config['print_every'] == 1:
             batches.set_postfix(d_loss=f'{d_loss:.3f}', g_loss=f'{g_loss:.3f}')
     return d_losses, g_losses
 
 
 def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
-          run_dir='run', amp_dtype=None):
+          run_dir='run', amp_dtype=None, score=None):
     """Train until config['n_epochs'] epochs are done, going on from the
-    checkpoint in run_dir if an earlier run left one. Returns the per-batch
-    losses and the fixed-z samples of every epoch."""
+    checkpoint in run_dir if an earlier run left one. score, if given, maps G
+    to a number after every epoch (lower is better). Returns the per-batch
+    losses, the fixed-z samples and the score of every epoch."""
     if len(loader) == 0:
         raise ValueError(
             f'batch_size={loader.batch_size} is larger than the '
@@ -228,12 +234,21 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
     checkpoint = Path(run_dir) / 'checkpoint.pt'
     nets = {'D': D, 'G': G}
     optimizers = {'opt_D': d_optimizer, 'opt_G': g_optimizer}
-    state = helpers.resume_training(checkpoint, config, nets, optimizers)
-    losses, samples, done = {'D': [], 'G': []}, [], 0
+    schedulers = {}
+    if config['lr_decay']:  # lr falls linearly, reaching 0 after the last batch
+        total_steps = config['n_epochs'] * len(loader)
+        schedulers = {
+            f'lr_{name[-1]}': optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0, end_factor=0.0,
+                total_iters=total_steps)
+            for name, optimizer in optimizers.items()}
+    stateful = {**optimizers, **schedulers}  # checkpointed beside the weights
+    state = helpers.resume_training(checkpoint, config, nets, stateful)
+    losses, samples, scores, done = {'D': [], 'G': []}, [], [], 0
     if state is not None:  # the fixed noise must stay the same across runs
-        losses, samples, done = state['losses'], list(state['samples']), \
-            state['epoch']
-        fixed_z = state['fixed_z'].to(fixed_z.device)
+        losses, samples, scores = (state['losses'], list(state['samples']),
+                                   state['scores'])
+        done, fixed_z = state['epoch'], state['fixed_z'].to(fixed_z.device)
     n_epochs = config['n_epochs']
     for epoch in range(done + 1, n_epochs + 1):
         last_good = (f'{checkpoint} holds epoch {epoch - 1}' if epoch > 1
@@ -242,7 +257,8 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
         try:
             d_losses, g_losses = train_epoch(
                 D, G, d_optimizer, g_optimizer, loader, config,
-                fixed_z.device, amp_dtype, f'epoch {epoch}/{n_epochs}')
+                fixed_z.device, amp_dtype, f'epoch {epoch}/{n_epochs}',
+                schedulers.values())
         except KeyboardInterrupt:
             print(f'Interrupted in epoch {epoch}: {last_good}. Run this cell '
                   f'again to go on from there.')
@@ -253,13 +269,17 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
                 f'a lower lr or another seed.') from None
         losses['D'] += d_losses
         losses['G'] += g_losses
+        seconds = time.perf_counter() - start
+        if score is not None:
+            scores.append(score(G))
+        scored = f', score {scores[-1]:.1f}' if score is not None else ''
         print(f'epoch {epoch}/{n_epochs}: '
               f'D loss {sum(d_losses) / len(d_losses):.3f}, '
-              f'G loss {sum(g_losses) / len(g_losses):.3f} '
-              f'({time.perf_counter() - start:.1f} s)')
+              f'G loss {sum(g_losses) / len(g_losses):.3f}{scored} '
+              f'({seconds:.1f} s)')
         samples.append(helpers.generate(G, fixed_z))  # (sample_size, 3, S, S)
         helpers.save_image_grid(samples[-1], Path(run_dir) / 'samples'
                                 / f'epoch_{epoch:03d}.png')
         helpers.save_checkpoint(checkpoint, helpers.training_state(
-            config, epoch, nets, optimizers, losses, fixed_z, samples))
-    return losses, samples
+            config, epoch, nets, stateful, losses, fixed_z, samples, scores))
+    return losses, samples, scores

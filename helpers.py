@@ -5,6 +5,7 @@ pictures (image grids, loss curves, samples over epochs), checkpoints (atomic sa
 safe load), the decoded-image cache and the precision choice. Nothing here imports the
 notebook or the exercise code.
 """
+import base64
 import hashlib
 import io
 import http.client
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import torchvision.utils as vutils
 from PIL import Image
+from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 # ---------------------------------------------------------------------------------------
@@ -412,6 +414,77 @@ def samples_over_epochs(samples, path=None, max_rows=8, first_epoch=1):
     return fig
 
 
+_GIF_SCALE = 3            # each 32x32 face is drawn 96 pixels wide
+_GIF_FRAME_MS = 400       # time per epoch in the animation ...
+_GIF_LAST_FRAME_MS = 2000  # ... and on the final faces before it starts again
+
+
+def save_samples_gif(samples, path, nrow=8):
+    """An animated GIF of the fixed-z samples, one frame per epoch: samples[i] is the
+    (N, 3, H, W) batch in [-1, 1] of epoch i + 1. The last frame is held longer."""
+    if len(samples) == 0:
+        raise ValueError('samples is empty: pass one batch of generated images per epoch.')
+    frames = []
+    for batch in samples:
+        pixels = (_grid_pixels(batch, nrow, (-1, 1)) * 255).round().astype(np.uint8)
+        frame = Image.fromarray(pixels)
+        frames.append(frame.resize((frame.width * _GIF_SCALE, frame.height * _GIF_SCALE),
+                                   Image.NEAREST))
+    durations = [_GIF_FRAME_MS] * (len(frames) - 1) + [_GIF_LAST_FRAME_MS]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return path
+
+
+def show_gif(path):
+    """An animated GIF for the notebook, embedded in the page (base64), so that it also
+    plays in the exported HTML, which drops plain image/gif outputs."""
+    from IPython.display import HTML  # only needed, and only present, in notebooks
+    data = base64.b64encode(Path(path).read_bytes()).decode('ascii')
+    return HTML(f'<img src="data:image/gif;base64,{data}" alt="{Path(path).name}">')
+
+
+def plot_scores(scores, floor=None, path=None, label='SWD'):
+    """The quality score after each epoch (lower is better), with the real-vs-real floor
+    as a dashed line when given: how close the faces came to real ones, epoch by epoch."""
+    if len(scores) == 0:
+        raise ValueError('scores is empty: pass one score per epoch.')
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    epochs = np.arange(1, len(scores) + 1)
+    ax.plot(epochs, scores, marker='o', label='generated vs held-out faces')
+    if floor is not None:
+        ax.axhline(floor, color='grey', linestyle='--', label='real vs real (floor)')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(f'{label} (lower is better)')
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    _save_figure(fig, path)
+    return fig
+
+
+def show_nearest_pairs(generated, train, pairs, path=None):
+    """Generated faces (top row) above their nearest training faces (bottom row), with the
+    pixel distance between them; pairs comes from metrics.nearest_pairs. Both image sets
+    are uint8 (N, 3, H, W)."""
+    top = generated[pairs['generated']].float() / 255     # (k, 3, H, W)
+    bottom = train[pairs['train']].float() / 255          # (k, 3, H, W)
+    k = len(top)
+    fig, axes = plt.subplots(2, k, figsize=(1.2 * k, 2.8), squeeze=False)
+    for i in range(k):
+        for row, image in enumerate((top[i], bottom[i])):
+            ax = axes[row, i]
+            ax.imshow(image.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[1, i].set_xlabel(f'{pairs["distance"][i]:.1f}')
+    axes[0, 0].set_ylabel('generated')
+    axes[1, 0].set_ylabel('nearest\ntraining')
+    fig.suptitle('The generated faces closest to a training face (L2 distance below)')
+    _save_figure(fig, path)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------
@@ -463,9 +536,44 @@ def load_checkpoint(path, map_location='cpu'):
     return state
 
 
+GENERATOR_KEYS = ('state_dict', 'config', 'score')
+
+
+def save_generator(path, G, config, score=None):
+    """Publish a trained generator: {'state_dict', 'config', 'score'}, where config holds
+    the Generator's keyword arguments (a plain dict) and score the plain-number results
+    it was published with. Written atomically; a few MB for the course model."""
+    state = {'state_dict': {name: value.detach().cpu()
+                            for name, value in G.state_dict().items()},
+             'config': dict(config), 'score': score}
+    return save_checkpoint(path, state)
+
+
+def load_generator(path, generator_class, device='cpu'):
+    """The generator saved by save_generator, built with generator_class(**config), its
+    weights loaded (weights_only), on device and in eval mode. Returns (G, info), where info
+    is the saved dict without the weights: {'config', 'score'}."""
+    state = load_checkpoint(path, map_location='cpu')
+    missing = [key for key in GENERATOR_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f'{path} is not a published generator: it lacks {missing}. Training checkpoints '
+            f'(run/checkpoint.pt) hold the generator under "G"; publish one with '
+            f'helpers.save_generator(path, G, config, score).')
+    G = generator_class(**state['config'])
+    try:
+        G.load_state_dict(state['state_dict'])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f'The weights in {path} do not fit {generator_class.__name__}'
+            f'(**{state["config"]}): {err}'.splitlines()[0]) from err
+    return G.to(device).eval(), {key: state[key] for key in ('config', 'score')}
+
+
 # Settings that must be whole numbers of at least 1. image_size and precision are checked
 # where they are used (the networks and choose_precision), also before any training.
-_COUNTS = ('batch_size', 'z_size', 'conv_dim', 'n_epochs', 'sample_size', 'print_every')
+_COUNTS = ('batch_size', 'z_size', 'conv_dim', 'n_epochs', 'sample_size', 'n_score',
+           'print_every')
 
 
 def check_config(config):
@@ -476,6 +584,9 @@ def check_config(config):
         _positive_int(config['n_images'], 'n_images')
     if not 0 < config['lr'] < 1:
         raise ValueError(f"lr must be between 0 and 1 (DCGAN: 0.0002); got {config['lr']!r}.")
+    for name in ('smooth', 'lr_decay'):
+        if not isinstance(config[name], bool):
+            raise ValueError(f'{name} must be True or False; got {config[name]!r}.')
     for name in ('beta1', 'beta2'):
         if not 0 <= config[name] < 1:
             raise ValueError(f'{name} must be in [0, 1) (DCGAN: beta1 0.5, beta2 0.999); '
@@ -486,9 +597,10 @@ def check_config(config):
 _RESUMABLE_CHANGES = {'n_epochs', 'print_every'}
 
 
-def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples):
-    """The checkpoint for the end of an epoch: weights, optimizer states, losses, the fixed
-    noise, its samples so far and the random-number state, as tensors and plain values."""
+def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples, scores):
+    """The checkpoint for the end of an epoch: weights, the states of the optimizers (and
+    of any learning-rate schedulers among them), losses, the fixed noise, its samples and
+    the scores so far and the random-number state, as tensors and plain values."""
     return {
         'config': dict(config), 'epoch': epoch,
         **{name: net.state_dict() for name, net in nets.items()},
@@ -496,15 +608,18 @@ def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples):
         'losses': {name: list(values) for name, values in losses.items()},
         'fixed_z': fixed_z.detach().cpu(),
         'samples': torch.stack(samples),  # (epochs, N, 3, S, S) in [-1, 1]
+        'scores': [float(score) for score in scores],  # one per epoch, or none
         'rng': {'torch': torch.get_rng_state(),
                 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
 
 
 def _check_same_recipe(saved, config, path):
-    """Refuse to resume a run whose settings differ in anything but its length."""
+    """Refuse to resume a run whose settings differ in anything but its length (and in its
+    length too when the learning rates fall to 0 over it: that changes the schedule)."""
+    free = _RESUMABLE_CHANGES - ({'n_epochs'} if config.get('lr_decay') else set())
     changed = sorted(key for key in set(saved) | set(config)
-                     if key not in _RESUMABLE_CHANGES and saved.get(key) != config.get(key))
+                     if key not in free and saved.get(key) != config.get(key))
     if changed:
         diffs = ', '.join(f'{key} {saved.get(key)!r} there, {config.get(key)!r} here'
                           for key in changed)
@@ -541,6 +656,9 @@ CACHE_DIR_NAME = '.facegen-cache'
 _CACHE_VERSION = 1        # bump whenever decoding or the file's layout changes
 _DECODE_CHUNK = 256       # images per thread task: few tasks, yet a smooth progress bar
 _NAMED_FAILURES = 5       # unreadable files named in the warning; the rest are counted
+SPLITS = ('all', 'train', 'held_out')
+HELD_OUT_SIZE = 2600      # course images never trained on, kept for the quality score ...
+HELD_OUT_MAX_SHARE = 10   # ... but at most 1 in this many of a small folder's images
 
 
 def _positive_int(value, name):
@@ -590,6 +708,32 @@ def _size_and_mtime(path):
     return info.st_size, info.st_mtime_ns
 
 
+def held_out_count(n_files):
+    """How many of n_files images the held-out split keeps: 2,600 of the course's 32,600."""
+    return min(HELD_OUT_SIZE, n_files // HELD_OUT_MAX_SHARE)
+
+
+def _held_out_rank(name):
+    """A fixed pseudo-random rank for a file name, the same on every machine and version."""
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def split_files(files, split):
+    """The sorted file names of one split: 'all', 'train' or 'held_out'.
+
+    The held-out images are the held_out_count(len(files)) names of lowest SHA-1 hash, so
+    the split depends on the names alone, never on a random seed or the torch version;
+    'train' is every other image. The two never share a file.
+    """
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}; got {split!r}.')
+    if split == 'all':
+        return list(files)
+    held_out = set(sorted(files, key=_held_out_rank)[:held_out_count(len(files))])
+    keep = split == 'held_out'
+    return [name for name in files if (name in held_out) == keep]
+
+
 def _cache_key(data_dir, files, image_size, n_images):
     """12 hex digits that change when any listed file is added, removed, resized or touched,
     or when image_size, n_images or the cache format change."""
@@ -598,15 +742,16 @@ def _cache_key(data_dir, files, image_size, n_images):
     return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
 
-def _cache_slot(data_dir, image_size, n_images):
+def _cache_slot(data_dir, image_size, n_images, split):
     """The cache file name up to its key. A slot holds one file: a rebuild replaces it.
 
-    n_images has a slot of its own, so quick runs and full runs on the same data do not
-    keep throwing away each other's cache.
+    Each split and n_images has a slot of its own, so quick runs, full runs and the
+    held-out images of the same data do not keep throwing away each other's cache.
     """
     folder = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=4).hexdigest()
     count = 'all' if n_images is None else f'first{n_images}'
-    return f'faces-{folder}-{image_size}px-{count}'
+    part = '' if split == 'all' else f'-{split}'
+    return f'faces-{folder}-{image_size}px{part}-{count}'
 
 
 def _default_cache_dir(data_dir):
@@ -760,12 +905,15 @@ def _build_cache(data_dir, files, size, path, key):
     return images, _save_cache(path, images, kept, key)
 
 
-def load_faces(data_dir, image_size, n_images=None, cache_dir=None):
-    """Every face image under data_dir as one uint8 tensor (N, 3, image_size, image_size).
+def load_faces(data_dir, image_size, n_images=None, cache_dir=None, split='all'):
+    """The face images under data_dir as one uint8 tensor (N, 3, image_size, image_size).
 
     Pixels equal the course path (ImageFolder, Resize, CenterCrop, ToTensor) times 255.
-    Images come in the sorted order of their paths under data_dir, hidden files left out;
-    n_images keeps the first n_images of them. Unreadable files are skipped with one
+    Images come in the sorted order of their paths under data_dir, hidden files left out.
+    split picks 'all' of them, the 'train' images or the 'held_out' ones (see split_files:
+    2,600 of the course's faces that training never sees, so the quality score can compare
+    generated faces with unseen real ones); n_images keeps the first n_images of the
+    split. Unreadable files are skipped with one
     warning. The tensor is cached in cache_dir (default: .facegen-cache beside data_dir)
     and rebuilt whenever the files, image_size or n_images change or the file is damaged.
     """
@@ -774,18 +922,22 @@ def load_faces(data_dir, image_size, n_images=None, cache_dir=None):
     size = _positive_int(image_size, 'image_size')
     if n_images is not None:
         n_images = _positive_int(n_images, 'n_images')
-    files = _list_faces(data_dir)[:n_images]
+    files = split_files(_list_faces(data_dir), split)[:n_images]
+    if not files:
+        raise ValueError(f'The {split!r} split of {data_dir} holds no images: a folder '
+                         f'needs at least {HELD_OUT_MAX_SHARE} images to hold some out.')
     key = _cache_key(data_dir, files, size, n_images)
     cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(data_dir)
-    path = cache_dir / f'{_cache_slot(data_dir, size, n_images)}-{key}.pt'
+    path = cache_dir / f'{_cache_slot(data_dir, size, n_images, split)}-{key}.pt'
+    kind = {'all': 'images', 'train': 'training images', 'held_out': 'held-out images'}[split]
     images = _load_cached(path, key, size)
     if images is not None:
-        print(f'Loaded {len(images):,} decoded images at {size}x{size} from cache in '
+        print(f'Loaded {len(images):,} decoded {kind} at {size}x{size} from cache in '
               f'{time.perf_counter() - started:.1f} s')
         return images
     images, cached = _build_cache(data_dir, files, size, path, key)
     where = f'cached in {path}' if cached else 'not cached'
-    print(f'Decoded {len(images):,} images at {size}x{size} in '
+    print(f'Decoded {len(images):,} {kind} at {size}x{size} in '
           f'{time.perf_counter() - started:.1f} s ({where})')
     return images
 
@@ -1012,6 +1164,42 @@ def generate(G, z):
             return G(z.to(_model_device(G))).cpu()
     finally:
         G.train(was_training)
+
+
+def to_uint8(images, value_range=(-1, 1)):
+    """Float images in value_range -> uint8 pixels in [0, 255], same shape, on the CPU."""
+    low, high = value_range
+    unit = (images.detach().float().cpu() - low) / (high - low)
+    return (unit.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def sample_faces(G, z_size, n, seed=0, batch_size=500):
+    """n faces from G as uint8 (n, 3, S, S), made from seeded noise so that the same seed
+    gives the same faces; generated batch by batch in eval mode."""
+    generator = torch.Generator().manual_seed(seed)  # the global random state stays as it is
+    z = torch.randn(n, z_size, generator=generator)  # (n, z_size)
+    return torch.cat([to_uint8(generate(G, chunk)) for chunk in z.split(batch_size)])
+
+
+_RECALIBRATION_BATCHES = 50     # 12,800 faces: 20 batches left the score 10% noisier
+_RECALIBRATION_BATCH_SIZE = 256
+
+
+def recalibrate_batch_norm(G, z_size, seed=0):
+    """Re-estimate G's batch-norm statistics for the weights it has now; returns G.
+
+    During training each batch-norm layer keeps a running average over the last few dozen
+    batches of a network that was still changing, so in eval mode its faces come out a
+    little off. This runs G in training mode on fresh noise and replaces those averages
+    with exact ones for the final weights (torch.optim.swa_utils.update_bn, fed with z).
+    The weights stay as they are; the noise comes from its own seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    device = _model_device(G)
+    batches = [torch.randn(_RECALIBRATION_BATCH_SIZE, z_size, generator=generator)
+               for _ in range(_RECALIBRATION_BATCHES)]  # each (256, z_size)
+    with torch.no_grad():
+        update_bn(batches, G, device)
+    return G
 
 
 def _seed_pair_paths(z_size, seeds, steps):

@@ -1,12 +1,7 @@
-"""Weight-free quality measures for generated faces, by name."""
-from .nearest import compute_memorisation, nearest_pairs
-from .swd import compute_swd
+"""Weight-free quality measures for generated faces; see metric_main for the registry."""
+from .metric_main import FAST_SWD, METRICS, append_jsonl, calc_metric
+from .nearest import compute_memorisation, memorisation_distances, nearest_pairs
+from .swd import compute_swd, swd_levels
 
-METRICS = {
-    # Sliced Wasserstein distance x 1e3 on Laplacian-pyramid patches; lower is better.
-    'swd': compute_swd,
-    # Median nearest-training-image distance, generated vs held-out; ratio << 1 means copying.
-    'memorisation': compute_memorisation,
-}
-
-__all__ = ['METRICS', 'compute_swd', 'compute_memorisation', 'nearest_pairs']
+__all__ = ['FAST_SWD', 'METRICS', 'append_jsonl', 'calc_metric', 'compute_memorisation',
+           'compute_swd', 'memorisation_distances', 'nearest_pairs', 'swd_levels']

@@ -42,12 +42,11 @@ def _subset(images, n, generator):
     return images[torch.randperm(images.shape[0], generator=generator)[:n]]
 
 
-def compute_memorisation(generated, train, held_out, n=1000, seed=0):
-    """Median nearest-training-image distance of generated vs held-out real images.
+def memorisation_distances(generated, train, held_out, n=1000, seed=0):
+    """Median nearest-training-image distance of generated and of held-out real images.
 
-    Uses at most n images of each query set (None: all). A ratio gen/held_out near 1 means
-    generated faces are as far from the training set as unseen real faces; well below 1
-    means the generator copies. Returns {'gen_to_train', 'held_out_to_train', 'ratio'}."""
+    Uses at most n images of each query set (None: all). Returns {'gen_to_train',
+    'held_out_to_train', 'ratio'}, ratio = gen_to_train / held_out_to_train."""
     generator = torch.Generator().manual_seed(seed)
     gen_dist, _ = nearest_train(_subset(generated, n, generator), train)
     held_dist, _ = nearest_train(_subset(held_out, n, generator), train)
@@ -55,6 +54,12 @@ def compute_memorisation(generated, train, held_out, n=1000, seed=0):
     held_median = held_dist.median().item()
     return {'gen_to_train': gen_median, 'held_out_to_train': held_median,
             'ratio': gen_median / held_median}
+
+
+def compute_memorisation(generated, train, held_out, n=1000, seed=0):
+    """The memorisation ratio, one float: near 1 means generated faces are as far from the
+    training set as unseen real faces; well below 1 means the generator copies."""
+    return memorisation_distances(generated, train, held_out, n, seed)['ratio']
 
 
 def nearest_pairs(generated, train, k=8):

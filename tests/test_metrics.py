@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metrics import METRICS, compute_memorisation, compute_swd, nearest_pairs
+from metrics import (METRICS, compute_memorisation, compute_swd, memorisation_distances,
+                     nearest_pairs, swd_levels)
 
 FAST = dict(n_patches=32, n_projections=128)
 
@@ -35,7 +36,7 @@ def sets():
 
 @pytest.fixture(scope='module')
 def scores(sets):
-    return {name: compute_swd(sets['real'], images, **FAST)['mean']
+    return {name: compute_swd(sets['real'], images, **FAST)
             for name, images in sets.items()}
 
 
@@ -48,14 +49,15 @@ def test_swd_orders_sets(scores):
 def test_swd_of_a_set_with_itself_is_zero(sets):
     result = compute_swd(sets['real'], sets['real'], n_patches=32, n_projections=128,
                          max_descriptors=None)
-    assert result['mean'] == pytest.approx(0.0, abs=1e-6), result
+    assert result == pytest.approx(0.0, abs=1e-6), result
 
 
 def test_swd_levels_and_mean(sets):
-    result = compute_swd(sets['real'], sets['blur'], **FAST)
-    assert sorted(result['levels']) == [16, 32], result
-    assert result['mean'] == pytest.approx(sum(result['levels'].values()) / 2)
-    assert all(value > 0 for value in result['levels'].values()), result
+    levels = swd_levels(sets['real'], sets['blur'], **FAST)
+    assert sorted(levels) == [16, 32], levels
+    assert compute_swd(sets['real'], sets['blur'], **FAST) == \
+        pytest.approx(sum(levels.values()) / 2)
+    assert all(value > 0 for value in levels.values()), levels
 
 
 def test_swd_is_deterministic_and_leaves_global_rng(sets):
@@ -71,7 +73,7 @@ def test_swd_is_deterministic_and_leaves_global_rng(sets):
 def test_swd_float_input_matches_uint8(sets):
     as_uint8 = compute_swd(sets['real'], sets['blur'], **FAST)
     as_float = compute_swd(sets['real'].float() / 255, sets['blur'].float() / 255, **FAST)
-    assert as_float['mean'] == pytest.approx(as_uint8['mean'], rel=1e-4)
+    assert as_float == pytest.approx(as_uint8, rel=1e-4)
 
 
 def test_swd_rejects_sizes_without_a_16_pixel_level():
@@ -87,13 +89,14 @@ def faces():
 
 def test_memorisation_flags_copies(faces):
     copies = faces['train'][:200]
-    result = compute_memorisation(copies, faces['train'], faces['held_out'])
+    result = memorisation_distances(copies, faces['train'], faces['held_out'])
     assert result['gen_to_train'] < 1e-2, result
     assert result['ratio'] < 0.01, result
+    assert compute_memorisation(copies, faces['train'], faces['held_out']) == result['ratio']
 
 
 def test_memorisation_of_fresh_samples_is_near_one(faces):
-    result = compute_memorisation(faces['fresh'], faces['train'], faces['held_out'])
+    result = memorisation_distances(faces['fresh'], faces['train'], faces['held_out'])
     assert 0.8 < result['ratio'] < 1.25, result
     assert result['ratio'] == pytest.approx(result['gen_to_train'] / result['held_out_to_train'])
 
@@ -119,4 +122,5 @@ def test_nearest_pairs_finds_planted_copies(faces):
 
 
 def test_registry_names():
-    assert METRICS == {'swd': compute_swd, 'memorisation': compute_memorisation}
+    assert set(METRICS) == {'swd', 'swd_fast', 'memorisation'}
+    assert METRICS['swd'] is compute_swd and METRICS['memorisation'] is compute_memorisation

@@ -1,8 +1,13 @@
 """The committed notebook is set up so that nbval really checks every exercise."""
 import json
 import re
+from pathlib import Path
 
+import dcgan
 import export
+import helpers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_cells():
@@ -46,3 +51,23 @@ def test_committed_notebook_shows_a_full_run():
     printed = ''.join(stdout_of(cell) for cell in cells)
     assert 'Quick mode' not in printed
     assert re.search(r'^epoch (\d+)/\1: ', printed, flags=re.M), 'training did not finish'
+
+
+def test_published_generator_matches_the_committed_run():
+    """assets/generator.pt is the committed run's generator, with the score it printed."""
+    G, info = helpers.load_generator(ROOT / 'assets' / 'generator.pt', dcgan.Generator)
+    printed = '\n'.join(stdout_of(cell) for cell in code_cells())
+    assert f"SWD {info['score']['swd']:.2f} for" in printed
+    assert f"floor {info['score']['floor']:.2f}" in printed
+    assert info['score']['n'] == helpers.HELD_OUT_SIZE
+    faces = helpers.sample_faces(G, info['config']['z_size'], 4)
+    size = info['config']['image_size']
+    assert faces.shape == (4, 3, size, size)
+    assert faces.float().std() > 20, 'the published generator should draw faces, not a flat image'
+    assert (ROOT / 'assets' / 'generator.pt').stat().st_size < 5 * 2**20
+
+
+def test_result_pictures_are_committed():
+    for name in ('real_faces.png', 'losses.png', 'samples_over_epochs.png', 'samples.gif',
+                 'generated_faces.png', 'scores.png', 'nearest_pairs.png', 'interpolation.png'):
+        assert (ROOT / 'assets' / name).stat().st_size > 1000, name

@@ -9,8 +9,9 @@ import dcgan
 import helpers
 
 CONFIG = dict(batch_size=8, image_size=8, z_size=4, conv_dim=4, lr=2e-3, beta1=0.5,
-              beta2=0.999, smooth=True, n_epochs=3, n_images=None, sample_size=4, seed=0,
-              precision='fp32', print_every=1, quick=True)
+              beta2=0.999, smooth=True, lr_decay=False, n_epochs=3, n_images=None,
+              sample_size=4, n_score=8, seed=0, precision='fp32', print_every=1, quick=True)
+DECAY = {**CONFIG, 'lr_decay': True}
 
 
 def make_run(seed, config=CONFIG, n_images=32):
@@ -28,10 +29,17 @@ def make_run(seed, config=CONFIG, n_images=32):
     return D, G, d_opt, g_opt, loader, fixed_z
 
 
-def train(run_dir, seed=0, config=CONFIG, **kwargs):
+def train(run_dir, seed=0, config=CONFIG, score=None, **kwargs):
     D, G, d_opt, g_opt, loader, fixed_z = make_run(seed, config, **kwargs)
-    losses, samples = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config, run_dir)
+    losses, samples, scores = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config,
+                                          run_dir, score=score)
+    assert len(scores) == (len(samples) if score is not None else 0)
     return losses, samples, G
+
+
+def mean_weight(G):
+    """A stand-in score that follows training: the mean of G's output layer weights."""
+    return G.upsample[-2].weight.mean().item()
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -48,16 +56,79 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert torch.equal(G.state_dict()[name], value), name
 
 
+def interrupt_in_epoch(epoch, monkeypatch, batches=4):
+    """Make train_step raise KeyboardInterrupt on the first batch of `epoch`."""
+    real_step, calls = dcgan.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == (epoch - 1) * batches + 1:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(dcgan, 'train_step', step)
+    return real_step
+
+
+def test_learning_rates_fall_linearly_to_zero(tmp_path):
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(0, DECAY)
+    dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, {**DECAY, 'n_epochs': 3}, tmp_path)
+    assert d_opt.param_groups[0]['lr'] == g_opt.param_groups[0]['lr'] == 0.0
+    state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')
+    assert state['lr_D']['last_epoch'] == 3 * 4  # one step per batch
+
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(0, CONFIG)
+    dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'flat')
+    assert g_opt.param_groups[0]['lr'] == CONFIG['lr'], 'lr_decay=False keeps lr'
+
+
+def test_decaying_run_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
+    full_losses, _, full_G = train(tmp_path / 'a', config=DECAY)
+    real_step = interrupt_in_epoch(3, monkeypatch)
+    train(tmp_path / 'b', config=DECAY)
+    monkeypatch.setattr(dcgan, 'train_step', real_step)
+    losses, _, G = train(tmp_path / 'b', seed=99, config=DECAY)
+    assert losses == full_losses
+    for name, value in full_G.state_dict().items():
+        assert torch.equal(G.state_dict()[name], value), name
+
+
+def test_decaying_run_refuses_another_length(tmp_path):
+    train(tmp_path, config={**DECAY, 'n_epochs': 1})
+    with pytest.raises(ValueError, match=r'n_epochs 1 there, 3 here'):
+        train(tmp_path, config=DECAY)
+
+
 def test_checkpoint_holds_the_whole_state_and_loads_safely(tmp_path):
     train(tmp_path)
     state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')  # weights_only=True
     assert {'config', 'epoch', 'D', 'G', 'opt_D', 'opt_G', 'losses', 'fixed_z', 'rng',
-            'samples'} <= set(state)
+            'samples', 'scores'} <= set(state)
     assert state['epoch'] == 3 and state['config'] == CONFIG
     assert state['samples'].shape == (3, 4, 3, 8, 8)
     assert len(state['losses']['D']) == 3 * 4  # 3 epochs of 4 batches
     assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == [
         'epoch_001.png', 'epoch_002.png', 'epoch_003.png']
+
+
+def test_scores_are_kept_per_epoch_and_resumed(tmp_path, capsys):
+    scores = []
+
+    def score(G):
+        scores.append(mean_weight(G))
+        return scores[-1]
+
+    train(tmp_path / 'a', score=score)
+    full = list(scores)
+    assert len(full) == 3 and len(set(full)) == 3
+    assert helpers.load_checkpoint(tmp_path / 'a' / 'checkpoint.pt')['scores'] == full
+    assert f'score {full[-1]:.1f}' in capsys.readouterr().out
+
+    scores.clear()
+    train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2}, score=score)
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(99)
+    *_, resumed = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'b',
+                              score=score)
+    assert resumed == full
 
 
 def test_finished_run_is_loaded_not_trained_again(tmp_path, monkeypatch):
@@ -116,8 +187,9 @@ def test_batch_larger_than_the_data_is_refused_before_training(tmp_path):
 
 @pytest.mark.parametrize('name, value', [
     ('batch_size', 0), ('z_size', 0), ('conv_dim', -1), ('n_epochs', 2.5),
-    ('sample_size', '16'), ('print_every', 0), ('n_images', 0), ('lr', 0), ('lr', 2),
-    ('beta1', 1.0), ('beta2', -0.1)])
+    ('sample_size', '16'), ('n_score', 0), ('print_every', 0), ('n_images', 0), ('lr', 0),
+    ('lr', 2),
+    ('beta1', 1.0), ('beta2', -0.1), ('smooth', 1), ('lr_decay', 'yes')])
 def test_impossible_settings_are_named(name, value):
     helpers.check_config(CONFIG)  # the good settings pass
     with pytest.raises(ValueError, match=name):

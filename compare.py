@@ -1,0 +1,186 @@
+"""Train the course recipe and candidate improvements for the same CPU time, then score each.
+
+Every variant starts from the course recipe (conv_dim 32, z 100, batch 128, Adam 2e-4 with
+betas (0.5, 0.999), BCE, 32x32) and changes one thing, or a few for the combined rows. Each
+trains on the training split for the same budget of process CPU time (so other programs on
+the machine do not tilt the comparison), then 2,600 of its faces are scored against the
+2,600 held-out faces with the sliced Wasserstein distance (lower is better) beside the
+real-vs-real floor, and checked for memorisation.
+
+    python compare.py                        # every variant; about 4 minutes each on 2 cores
+    python compare.py --variants course ema  # some of them
+    python compare.py --quick                # a few seconds each, to check that it runs (CI)
+"""
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn, optim
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+import dcgan
+import evaluate
+import helpers
+import metrics
+
+COURSE = dict(batch_size=128, image_size=32, z_size=100, conv_dim=32, lr_d=2e-4, lr_g=2e-4,
+              betas=(0.5, 0.999), smooth=False, precision='fp32', ema=None,
+              spectral_norm=False, recalibrate=False, lr_decay=False)
+
+# name -> (what it changes, its settings over COURSE)
+VARIANTS = {
+    'course': ('the course recipe, fp32', {}),
+    'fast': ('+ the fast path (automatic precision)', dict(precision='auto')),
+    'smooth': ('+ fast, real labels 0.9', dict(precision='auto', smooth=True)),
+    'ttur': ('+ fast, lr D 4e-4 / G 1e-4', dict(precision='auto', lr_d=4e-4, lr_g=1e-4)),
+    'ema': ('+ fast, EMA of G (0.999)', dict(precision='auto', ema=0.999)),
+    'sn': ('+ fast, spectral norm in D', dict(precision='auto', spectral_norm=True)),
+    'wide': ('+ fast, conv_dim 64', dict(precision='auto', conv_dim=64)),
+    'fp32_decay_recal': ('+ falling learning rates, statistics re-estimated (fp32)',
+                         dict(lr_decay=True, recalibrate=True)),
+    'recal': ('+ fast, batch-norm statistics re-estimated',
+              dict(precision='auto', recalibrate=True)),
+    'ema_recal': ('+ fast, EMA of G (0.995), statistics re-estimated',
+                  dict(precision='auto', ema=0.995, recalibrate=True)),
+    'decay_recal': ('+ fast, falling learning rates, statistics re-estimated (default)',
+                    dict(precision='auto', lr_decay=True, recalibrate=True)),
+    'sn_decay_recal': ('+ fast, spectral norm in D, falling learning rates, statistics '
+                       're-estimated', dict(precision='auto', spectral_norm=True,
+                                            lr_decay=True, recalibrate=True)),
+}
+def with_spectral_norm(D):
+    """D with spectral normalisation on every conv and linear layer and no batch norm
+    (Miyato et al. 2018): the norm alone keeps D's gradients in check."""
+    for block in D.features:
+        if isinstance(block[1], nn.BatchNorm2d):
+            block[1] = nn.Identity()
+        block[0] = spectral_norm(block[0])
+    D.classify = spectral_norm(D.classify)
+    return D
+
+
+def build(settings, device):
+    """D, G, their optimizers and the generator to score (an EMA copy, or G itself)."""
+    D, G = dcgan.build_networks(settings['z_size'], settings['conv_dim'],
+                                settings['image_size'], device)
+    if settings['spectral_norm']:
+        D = with_spectral_norm(D).to(device)
+    d_opt = optim.Adam(D.parameters(), lr=settings['lr_d'], betas=settings['betas'])
+    g_opt = optim.Adam(G.parameters(), lr=settings['lr_g'], betas=settings['betas'])
+    ema = None
+    if settings['ema']:
+        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(settings['ema']),
+                            use_buffers=True)
+    return D, G, d_opt, g_opt, ema
+
+
+def train_for(budget_s, nets, loader, settings, amp_dtype, device):
+    """Train until budget_s seconds of process CPU time are spent; returns the steps."""
+    D, G, d_opt, g_opt, ema = nets
+    start, steps = time.process_time(), 0
+    bar = tqdm(total=round(budget_s), unit='cpu-s', leave=False)
+    while True:
+        for real, _ in loader:
+            real = real.to(device, memory_format=torch.channels_last, non_blocking=True)
+            dcgan.train_step(D, G, d_opt, g_opt, real, settings['z_size'],
+                             settings['smooth'], amp_dtype)
+            if ema is not None:
+                ema.update_parameters(G)
+            steps += 1
+            spent = time.process_time() - start
+            bar.update(round(spent) - bar.n)
+            if spent >= budget_s:
+                bar.close()
+                return steps
+            if settings['lr_decay']:  # the share of the budget left, times the start value
+                for opt, key in ((d_opt, 'lr_d'), (g_opt, 'lr_g')):
+                    for group in opt.param_groups:
+                        group['lr'] = settings[key] * (1 - spent / budget_s)
+
+
+def run_variant(name, budget_s, data, device, amp_dtypes, args):
+    """Train one variant for budget_s CPU seconds and score it; returns its row."""
+    what, changes = VARIANTS[name]
+    settings = {**COURSE, **changes}
+    helpers.seed_everything(args.seed)
+    amp_dtype = amp_dtypes[settings['precision']]
+    loader = torch.utils.data.DataLoader(
+        dcgan.FaceDataset(data['train']), batch_size=settings['batch_size'], shuffle=True,
+        drop_last=True, pin_memory=device.type == 'cuda')
+    nets = build(settings, device)
+    wall = time.perf_counter()
+    steps = train_for(budget_s, nets, loader, settings, amp_dtype, device)
+    wall = time.perf_counter() - wall
+    scored = nets[4].module if nets[4] is not None else nets[1]
+    if settings['recalibrate']:
+        helpers.recalibrate_batch_norm(scored, settings['z_size'])
+    generator_config = {key: settings[key] for key in ('z_size', 'conv_dim', 'image_size')}
+    row = {'variant': name, 'what': what, 'precision': str(amp_dtype or 'fp32'), 'steps': steps,
+           'epochs': round(steps / len(loader), 2), 'cpu_s': budget_s,
+           'wall_s': round(wall, 1),
+           **evaluate.score_generator(scored, settings['z_size'], data['held_out'],
+                                      data['train'], args.n)[0]}
+    helpers.save_generator(Path(args.out_dir) / f'{name}.pt', scored, generator_config, row)
+    metrics.append_jsonl(row, Path(args.out_dir) / 'results.jsonl')  # kept if a later one fails
+    print(f"{name:>10}: SWD {row['swd']:6.2f}, memorisation {row['memorisation']:.2f}, "
+          f"{row['epochs']} epochs in {row['wall_s']} s")
+    return row
+
+
+def markdown_table(rows, floor_swd):
+    """The results as a Markdown table, best score first."""
+    lines = ['| variant | SWD (floor %.2f) | × floor | memorisation | epochs | wall s |'
+             % floor_swd, '|---|---:|---:|---:|---:|---:|']
+    for row in sorted(rows, key=lambda r: r['swd']):
+        lines.append(f"| {row['what']} | {row['swd']:.2f} | {row['swd'] / floor_swd:.2f} | "
+                     f"{row['memorisation']:.2f} | {row['epochs']} | {row['wall_s']} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument('--budget-s', type=float, default=400.0,
+                        help='process CPU seconds of training per variant (default 400)')
+    parser.add_argument('--n', type=int, default=helpers.HELD_OUT_SIZE,
+                        help='faces scored per variant (default: all held-out ones)')
+    parser.add_argument('--data-dir', default='processed_celeba_small/')
+    parser.add_argument('--seed', type=int, default=42)
+    parser.add_argument('--json', help='also write the rows and the floor to this file')
+    parser.add_argument('--out-dir', default='compare-runs',
+                        help="where each variant's scored generator and its row "
+                             "(results.jsonl) are saved")
+    parser.add_argument('--quick', action='store_true', help='2 CPU seconds, 256 faces')
+    args = parser.parse_args(argv)
+    budget_s = 2.0 if args.quick else args.budget_s
+    if args.quick:
+        args.n = min(args.n, 256)
+    device = helpers.choose_device()
+    data_dir = helpers.prepare_data(args.data_dir)
+    data = {split: helpers.load_faces(data_dir, COURSE['image_size'], split=split)
+            for split in ('train', 'held_out')}
+    args.n = min(args.n, len(data['held_out']))
+    floor_swd = evaluate.real_floor(data['held_out'], data['train'], args.n)
+    print(f'real-vs-real floor: SWD {floor_swd:.2f} ({args.n} held-out vs {args.n} training '
+          f'faces)')
+    # chosen once, so every 'auto' variant runs in the same number format
+    amp_dtypes = {precision: helpers.choose_precision(device, precision)
+                  for precision in ('fp32', 'auto')}
+    rows = [run_variant(name, budget_s, data, device, amp_dtypes, args)
+            for name in args.variants]
+    print(markdown_table(rows, floor_swd))
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as out:
+            json.dump({'floor_swd': floor_swd, 'budget_cpu_s': budget_s, 'n': args.n,
+                       'cpu': helpers.cpu_name(), 'machine': platform.machine(),
+                       'rows': rows}, out, indent=1)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
