@@ -109,9 +109,8 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
     settings = {**COURSE, **changes}
     helpers.seed_everything(args.seed)
     amp_dtype = amp_dtypes[settings['precision']]
-    loader = torch.utils.data.DataLoader(
-        dcgan.FaceDataset(data['train']), batch_size=settings['batch_size'], shuffle=True,
-        drop_last=True, pin_memory=device.type == 'cuda')
+    loader = dcgan.get_dataloader(settings['batch_size'], settings['image_size'],
+                                  data['dir'])  # the training split, from the cache
     nets = build(settings, device)
     wall = time.perf_counter()
     steps = train_for(budget_s, nets, loader, settings, amp_dtype, device)
@@ -164,6 +163,7 @@ def main(argv=None):
     data_dir = helpers.prepare_data(args.data_dir)
     data = {split: helpers.load_faces(data_dir, COURSE['image_size'], split=split)
             for split in ('train', 'held_out')}
+    data['dir'] = data_dir
     args.n = min(args.n, len(data['held_out']))
     floor_swd = evaluate.real_floor(data['held_out'], data['train'], args.n)
     print(f'real-vs-real floor: SWD {floor_swd:.2f} ({args.n} held-out vs {args.n} training '

@@ -913,9 +913,9 @@ def load_faces(data_dir, image_size, n_images=None, cache_dir=None, split='all')
     split picks 'all' of them, the 'train' images or the 'held_out' ones (see split_files:
     2,600 of the course's faces that training never sees, so the quality score can compare
     generated faces with unseen real ones); n_images keeps the first n_images of the
-    split. Unreadable files are skipped with one
-    warning. The tensor is cached in cache_dir (default: .facegen-cache beside data_dir)
-    and rebuilt whenever the files, image_size or n_images change or the file is damaged.
+    split. Unreadable files are skipped with one warning. The tensor is cached in
+    cache_dir (default: .facegen-cache beside data_dir) and rebuilt whenever the files,
+    image_size, split or n_images change or the file is damaged.
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
