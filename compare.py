@@ -65,7 +65,7 @@ def with_spectral_norm(D):
 
 
 def build(settings, device):
-    """D, G, their optimizers and the generator to score (an EMA copy, or G itself)."""
+    """D, G, their optimizers, and the EMA copy of G when the variant averages (else None)."""
     D, G = dcgan.build_networks(settings['z_size'], settings['conv_dim'],
                                 settings['image_size'], device)
     if settings['spectral_norm']:
