@@ -1,7 +1,9 @@
 """Time full DCGAN training steps, data loading included, for several data paths.
 
 Every row trains the same course model (conv_dim 32, z 100) with the same batch size for the
-same number of steps, in this one process, so the rows can be compared as ratios:
+same number of steps, in this one process, so the rows can be compared as ratios. The
+rows take turns (short rounds in rotation), so that a shared CPU's drift over a run lands
+on every row alike; each speed-up is the median of the per-round ratios:
 
 * the course recipe as the student projects wrote it: ImageFolder + Resize + ToTensor through
   a DataLoader (num_workers 0, then 2), fp32;
@@ -16,6 +18,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -57,8 +60,9 @@ def batches(loader):
             yield images
 
 
-def time_steps(loader, args, device, amp_dtype, channels_last):
-    """Images per second over args.steps full training steps, data loading included."""
+def make_stepper(loader, args, device, amp_dtype, channels_last):
+    """A fresh course model with its optimizers, and a function that runs one full
+    training step of it (data loading included) on the next batch of loader."""
     torch.manual_seed(0)
     D, G, d_opt, g_opt = build_models(args, device, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -72,11 +76,45 @@ def time_steps(loader, args, device, amp_dtype, channels_last):
     for _ in range(args.warmup):
         step()
     synchronize(device)
+    return step
+
+
+def time_segment(step, n_steps, batch_size, device):
+    """(images per second, peak resident MB) over n_steps calls of step."""
+    reset_peak_rss()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(n_steps):
         step()
     synchronize(device)
-    return args.steps * args.batch_size / (time.perf_counter() - start)
+    return n_steps * batch_size / (time.perf_counter() - start), peak_rss_mb()
+
+
+def round_speedups(rates, course_rates):
+    """Speed-ups over the course recipe: one per round, against the course row's turn in
+    the same round; a row timed in one block is set against the course row's median."""
+    if len(rates) == 1:
+        return [rates[0] / statistics.median(course_rates)]
+    return [rate / course for rate, course in zip(rates, course_rates, strict=True)]
+
+
+def time_interleaved(steppers, args, device):
+    """Per row, the images/s of each round and the peak resident MB over all rounds.
+
+    A shared cloud CPU drifts by tens of percent over seconds, so timing the rows one
+    after another would fold that drift into their ratios. Here every round gives each
+    row a short turn (the starting row rotates), so that each round's ratios compare
+    rows measured under the same conditions.
+    """
+    names = list(steppers)
+    per_round = args.steps // args.rounds
+    rates, peaks = {name: [] for name in names}, dict.fromkeys(names, 0.0)
+    for round_ in tqdm(range(args.rounds), desc='benchmark rounds'):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            img_per_s, peak = time_segment(steppers[name], per_round, args.batch_size,
+                                           device)
+            rates[name].append(img_per_s)
+            peaks[name] = max(peaks[name], peak)
+    return rates, peaks
 
 
 def synchronize(device):
@@ -143,7 +181,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data-dir', default='processed_celeba_small/',
                         help='ImageFolder root of the faces (made by helpers.prepare_data)')
-    parser.add_argument('--steps', type=int, default=40, help='timed steps per row')
+    parser.add_argument('--steps', type=int, default=48, help='timed steps per row')
+    parser.add_argument('--rounds', type=int, default=8,
+                        help='the timed steps of each row are split into this many turns, '
+                             'taken in rotation with the other rows')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per row')
     parser.add_argument('--batch-size', type=int, default=128)
     parser.add_argument('--image-size', type=int, default=32)
@@ -152,11 +193,14 @@ def parse_args(argv=None):
     parser.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'),
                         help="the project path's precision (default: chosen for this machine)")
     parser.add_argument('--quick', action='store_true',
-                        help='3 steps per row at batch 32: checks that everything runs')
+                        help='3 steps per row (3 rounds) at batch 32: checks that everything runs')
     parser.add_argument('--json', type=Path, help='write the figures to this file')
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.batch_size = 3, 1, 32
+        args.steps, args.rounds, args.warmup, args.batch_size = 3, 3, 1, 32
+    if not 1 <= args.rounds <= args.steps:
+        parser.error(f'--rounds must be between 1 and --steps ({args.steps}); '
+                     f'got {args.rounds}.')
     return args
 
 
@@ -170,42 +214,54 @@ def run(args):
     fast = dcgan.get_dataloader(args.batch_size, args.image_size, args.data_dir, n_images)
     epoch_images = FULL_EPOCH_IMAGES if not args.quick else len(fast.dataset)
 
-    rows = [
-        ('course recipe, num_workers=0', course_loader(args.data_dir, args.batch_size,
-                                                       args.image_size, 0), None, False),
-        ('course recipe, num_workers=2', course_loader(args.data_dir, args.batch_size,
-                                                       args.image_size, 2), None, False),
-        ('decoded once, fp32', fast, None, False),
-        ('decoded once, fp32, channels_last', fast, None, True),
-    ]
+    course = {workers: course_loader(args.data_dir, args.batch_size, args.image_size,
+                                     workers) for workers in (0, 2)}
+    # name: (loader, autocast dtype, channels_last); the last row is the default path
+    rows = {
+        'course recipe, num_workers=0': (course[0], None, False),
+        'decoded once, fp32': (fast, None, False),
+        'decoded once, fp32, channels_last': (fast, None, True),
+    }
     if amp_dtype is not None:
-        rows.append(('decoded once, bf16 autocast, channels_last', fast, amp_dtype, True))
-    default_name = rows[-1][0]
+        rows['decoded once, bf16 autocast, channels_last'] = (fast, amp_dtype, True)
+    default_name = list(rows)[-1]
 
     flops = train_flops_per_image(args, device)
     peaks = {None: matmul_flops_per_s(device, torch.float32)}
     if amp_dtype is not None:
         peaks[amp_dtype] = matmul_flops_per_s(device, amp_dtype)
 
-    results = []
-    for name, loader, dtype, channels_last in tqdm(rows, desc='benchmark rows'):
-        reset_peak_rss()
-        img_per_s = time_steps(loader, args, device, dtype, channels_last)
-        results.append({
-            'name': name, 'default': name == default_name,
-            'img_per_s': img_per_s, 'epoch_s': epoch_images / img_per_s,
-            'flop_fraction': flops * img_per_s / peaks[dtype],
-            'peak_rss_mb': peak_rss_mb(),
-        })
-    for row in results:
-        row['speedup'] = row['img_per_s'] / results[0]['img_per_s']
+    # The worker processes of num_workers=2 decode ahead in the background, so that row
+    # gets one block of its own: interleaved, its decoding would run in others' turns.
+    workers_step = make_stepper(course[2], args, device, None, False)
+    workers_rate, workers_peak = time_segment(workers_step, args.steps, args.batch_size,
+                                              device)
+    del workers_step  # ends its worker processes before the other rows are timed
+    steppers = {name: make_stepper(loader, args, device, dtype, channels_last)
+                for name, (loader, dtype, channels_last) in rows.items()}
+    rates, peak_mb = time_interleaved(steppers, args, device)
+    course_rates = rates['course recipe, num_workers=0']
+
+    def row(name, rates_, peak, dtype):
+        img_per_s = statistics.median(rates_)
+        speedups = round_speedups(rates_, course_rates)
+        return {'name': name, 'default': name == default_name,
+                'img_per_s': img_per_s, 'epoch_s': epoch_images / img_per_s,
+                'speedup': statistics.median(speedups), 'speedup_min': min(speedups),
+                'speedup_max': max(speedups),
+                'flop_fraction': flops * img_per_s / peaks[dtype], 'peak_rss_mb': peak}
+
+    results = [row(name, rates[name], peak_mb[name], dtype)
+               for name, (_, dtype, _) in rows.items()]
+    results.insert(1, row('course recipe, num_workers=2', [workers_rate], workers_peak,
+                          None))
     default = next(row for row in results if row['default'])
     return {
         'cpu': helpers.cpu_name(), 'device': str(device),
         'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
         'torch': torch.__version__, 'python': platform.python_version(),
         'threads': torch.get_num_threads(), 'batch_size': args.batch_size,
-        'steps': args.steps, 'epoch_images': epoch_images,
+        'steps': args.steps, 'rounds': args.rounds, 'epoch_images': epoch_images,
         'train_mflop_per_image': flops / 1e6,
         'matmul_gflop_per_s': {str(k or torch.float32): v / 1e9 for k, v in peaks.items()},
         'cache_build_s': cache_build_s, 'cache_load_s': cache_load_s,
@@ -217,19 +273,22 @@ def run(args):
 
 def format_table(report):
     """The report as a Markdown table plus a few lines of context."""
-    lines = ['| path | images/s | epoch (s) | speed-up | share of matmul peak | '
-             'peak RSS (MB) |', '|---|---:|---:|---:|---:|---:|']
+    lines = ['| path | images/s | epoch (s) | speed-up (range over rounds) | '
+             'share of matmul peak | peak RSS (MB) |', '|---|---:|---:|---:|---:|---:|']
     for row in report['rows']:
         mark = ' **(default)**' if row['default'] else ''
+        spread = (f" ({row['speedup_min']:.2f}-{row['speedup_max']:.2f})"
+                  if row['speedup_max'] > row['speedup_min'] else '')
         lines.append(f"| {row['name']}{mark} | {row['img_per_s']:,.0f} | "
-                     f"{row['epoch_s']:.1f} | {row['speedup']:.2f}x | "
+                     f"{row['epoch_s']:.1f} | {row['speedup']:.2f}x{spread} | "
                      f"{row['flop_fraction']:.0%} | {row['peak_rss_mb']:,.0f} |")
     where = report['gpu'] or f"{report['cpu']}, {report['threads']} threads"
     peaks = ', '.join(f'{k.replace("torch.", "")} {v:,.0f}'
                       for k, v in report['matmul_gflop_per_s'].items())
     lines += ['', f"Measured on {where}, torch {report['torch']}; batch "
-              f"{report['batch_size']}, {report['steps']} timed steps per row; epoch = "
-              f"{report['epoch_images']:,} images.",
+              f"{report['batch_size']}, {report['steps']} timed steps per row in "
+              f"{report['rounds']} interleaved rounds (num_workers=2: one block); "
+              f"medians over rounds; epoch = {report['epoch_images']:,} images.",
               f"Training step: {report['train_mflop_per_image']:.0f} MFLOP per image; "
               f"matmul peak (GFLOP/s): {peaks}.",
               f"Decode cache: built in {report['cache_build_s']:.1f} s, loaded again in "
