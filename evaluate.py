@@ -39,16 +39,20 @@ def score_faces(fake, held_out, train=None):
     return result
 
 
-def real_floor(held_out, train, n, repeats=REPEATS, metric='swd'):
+def real_floor(held_out, train, n, repeats=REPEATS, metric='swd', cache_dir=None):
     """The score of n real training faces against n held-out ones, averaged over `repeats`
     random subsets: what a perfect generator would get at this n (the SWD grows as n
-    shrinks, so compare at equal n). metric is 'swd', or 'swd_fast' for epoch_scorer."""
+    shrinks, so compare at equal n). metric is 'swd', or 'swd_fast' for epoch_scorer.
+    With a cache_dir, each subset's score is kept there and reused while the faces and the
+    metric's code stay the same (helpers.metrics_cache_dir(data_dir) is the usual one)."""
     n = min(n, len(held_out), len(train))
     scores = []
     for repeat in range(repeats):
         generator = torch.Generator().manual_seed(FLOOR_SEED + repeat)
         pick = torch.randperm(len(train), generator=generator)[:n]
-        scores.append(metrics.calc_metric(metric, held_out[:n], train[pick])['value'])
+        record = metrics.cached_metric(metric, held_out[:n], train[pick],
+                                       cache_dir=cache_dir)
+        scores.append(record['value'])
     return sum(scores) / repeats
 
 
@@ -78,11 +82,12 @@ def score_generator(G, z_size, held_out, train=None, n=helpers.HELD_OUT_SIZE,
     return result, draws[0]
 
 
-def full_report(G, z_size, held_out, train, n=helpers.HELD_OUT_SIZE):
+def full_report(G, z_size, held_out, train, n=helpers.HELD_OUT_SIZE, cache_dir=None):
     """Everything the score says about G: {'n', 'swd', 'memorisation', 'floor',
-    'swd_over_floor'}, plus the generated faces (n, 3, S, S) uint8 it was computed on."""
+    'swd_over_floor'}, plus the generated faces (n, 3, S, S) uint8 it was computed on.
+    cache_dir: where the floor is kept between runs (see real_floor)."""
     result, fake = score_generator(G, z_size, held_out, train, n)
-    result['floor'] = real_floor(held_out, train, result['n'])
+    result['floor'] = real_floor(held_out, train, result['n'], cache_dir=cache_dir)
     result['swd_over_floor'] = result['swd'] / result['floor']
     return result, fake
 
@@ -133,7 +138,8 @@ def main(argv=None):
     real = helpers.load_faces(data_dir, size, split=args.split)  # (M, 3, S, S) uint8
     if args.split == 'held_out':
         train = helpers.load_faces(data_dir, size, split='train')
-        result, fake = full_report(G, z_size, real, train, args.n)
+        result, fake = full_report(G, z_size, real, train, args.n,
+                                   cache_dir=helpers.metrics_cache_dir(data_dir))
     else:
         result, fake = score_generator(G, z_size, real, n=args.n)
     result.update(weights=args.weights, real=args.real, split=args.split, image_size=size,

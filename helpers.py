@@ -760,6 +760,12 @@ def _default_cache_dir(data_dir):
     return parent / CACHE_DIR_NAME
 
 
+def metrics_cache_dir(data_dir):
+    """Where scores of fixed real faces (evaluate.real_floor) are kept between runs:
+    .facegen-cache/metrics beside data_dir."""
+    return _default_cache_dir(Path(data_dir)) / 'metrics'
+
+
 def _fit_square(img, size):
     """img scaled and cropped to size x size as the course transforms do on a PIL image:
     Resize(size) scales the short side to size (bilinear, aspect ratio kept, long side

@@ -178,6 +178,10 @@ def test_evaluate_script(published, face_folder, tmp_path, capsys):
     assert saved['swd_over_floor'] == pytest.approx(saved['swd'] / saved['floor'])
     fake = torch.load(samples, weights_only=True)
     assert fake.dtype == torch.uint8 and fake.shape == (4, 3, 16, 16)
+    # The floor was stored beside the data, and the next run takes it from there.
+    assert list(helpers.metrics_cache_dir(face_folder).glob('swd-*.json'))
+    again = evaluate.main(['--real', str(face_folder), '--weights', str(weights)])
+    assert again['floor'] == result['floor']
 
 
 def test_evaluate_script_on_every_image_without_floor(published, face_folder, tmp_path):
