@@ -91,6 +91,22 @@ def test_auto_keeps_fp32_when_bf16_is_not_clearly_faster(monkeypatch, cpu_with_b
     assert 'Precision: fp32 (bf16 was only' in capsys.readouterr().out
 
 
+def test_auto_alternates_the_formats_so_a_slow_spell_does_not_decide(monkeypatch,
+                                                                    cpu_with_bf16):
+    """bf16 is 2x faster, but the CPU slows down 3x for three passes in a row: timed one
+    format after the other, that spell would fall on bf16's passes only."""
+    calls = []
+
+    def timing(dtype, *args, **kwargs):
+        calls.append(dtype)
+        slow = 3.0 if 3 <= len(calls) <= 5 else 1.0
+        return (0.5 if dtype == torch.bfloat16 else 1.0) * slow
+
+    monkeypatch.setattr(helpers, '_time_conv_workload', timing)
+    assert helpers._auto_cpu_precision()[1].startswith('2.0x faster')
+    assert calls == [torch.float32, torch.bfloat16] * helpers._PRECISION_ROUNDS
+
+
 def test_auto_on_an_ampere_gpu(monkeypatch, cudnn_benchmark_restored):
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *args, **kwargs: True)
