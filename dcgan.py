@@ -215,7 +215,7 @@ def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, device,
         g_losses.append(g_loss)
         for scheduler in schedulers:
             scheduler.step()
-        if len(d_losses) % config['print_every'] == 1:
+        if (len(d_losses) - 1) % config['print_every'] == 0:
             batches.set_postfix(d_loss=f'{d_loss:.3f}', g_loss=f'{g_loss:.3f}')
     return d_losses, g_losses
 
@@ -259,10 +259,10 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
                 D, G, d_optimizer, g_optimizer, loader, config,
                 fixed_z.device, amp_dtype, f'epoch {epoch}/{n_epochs}',
                 schedulers.values())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # raised on: the cells below must not run
             print(f'Interrupted in epoch {epoch}: {last_good}. Run this cell '
                   f'again to go on from there.')
-            break
+            raise
         except FloatingPointError as error:
             raise FloatingPointError(
                 f'{error} {last_good}. Start a new run (another run_dir) with '

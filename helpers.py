@@ -1201,8 +1201,9 @@ _RECALIBRATION_BATCH_SIZE = 256
 def recalibrate_batch_norm(G, z_size, seed=0):
     """Re-estimate G's batch-norm statistics for the weights it has now; returns G.
 
-    During training each batch-norm layer keeps a running average over the last few dozen
-    batches of a network that was still changing, so in eval mode its faces come out a
+    During training each batch-norm layer keeps a running average dominated by the last
+    ten or so batches (momentum 0.1) of a network that was still changing, so in eval
+    mode its faces come out a
     little off. This runs G in training mode on fresh noise and replaces those averages
     with exact ones for the final weights (torch.optim.swa_utils.update_bn, fed with z).
     The weights stay as they are; the noise comes from its own seeded generator."""

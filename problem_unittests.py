@@ -280,7 +280,7 @@ def test_discriminator(Discriminator):
                f'After multiplying every parameter of {what} by 10, all its outputs stayed in '
                f'[0, 1] (min {low:.3f}, max {high:.3f}); expected raw logits, which can be any '
                f'number. Hint: remove the final sigmoid; the losses apply it themselves '
-               f'(BCEWithLogitsLoss).')
+               f'(F.binary_cross_entropy_with_logits).')
 
 
 @_unit_test
@@ -388,7 +388,7 @@ def _loss_mistakes(logits, target):
     mistakes.update({
         'the sum over the batch instead of the mean':
             _bce_with_logits(logits, target) * len(logits),
-        'a sigmoid applied to the logits before BCEWithLogitsLoss (applied twice)':
+        'a sigmoid applied to the logits before the BCE-with-logits loss (applied twice)':
             _bce_with_logits(sigmoid, target),
         'mean squared error': sum((s - target) ** 2 for s in sigmoid) / len(logits),
     })
@@ -398,7 +398,7 @@ def _loss_mistakes(logits, target):
 def _check_loss(loss_fn, name, target, **kwargs):
     """loss_fn(D_out, **kwargs) is the mean BCE-with-logits of D_out against target."""
     arguments = ''.join(f', {key}={value}' for key, value in kwargs.items())
-    hint = (f'return nn.BCEWithLogitsLoss()(D_out, labels) with labels = '
+    hint = (f'return F.binary_cross_entropy_with_logits(D_out, labels) with labels = '
             f'torch.full_like(D_out, {target}).')
     for logits in (_KNOWN_LOGITS, tuple(torch.randn(7).mul(3).tolist())):
         D_out = torch.tensor(logits).view(-1, 1).requires_grad_()

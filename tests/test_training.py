@@ -84,7 +84,8 @@ def test_learning_rates_fall_linearly_to_zero(tmp_path):
 def test_decaying_run_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
     full_losses, _, full_G = train(tmp_path / 'a', config=DECAY)
     real_step = interrupt_in_epoch(3, monkeypatch)
-    train(tmp_path / 'b', config=DECAY)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / 'b', config=DECAY)
     monkeypatch.setattr(dcgan, 'train_step', real_step)
     losses, _, G = train(tmp_path / 'b', seed=99, config=DECAY)
     assert losses == full_losses
@@ -148,11 +149,14 @@ def test_interrupt_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, 
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(dcgan, 'train_step', interrupted_in_epoch_2)
-    losses, samples, _ = train(tmp_path)
+    # The interrupt goes on up, so that Jupyter's "Run All" stops at the training cell
+    # instead of running the cells below on a half-trained generator.
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path)
     out = capsys.readouterr().out
     assert 'Interrupted in epoch 2' in out and 'holds epoch 1' in out
-    assert len(losses['D']) == 4 and len(samples) == 1  # only finished epochs
-    assert helpers.load_checkpoint(tmp_path / 'checkpoint.pt')['epoch'] == 1
+    state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')
+    assert state['epoch'] == 1 and len(state['losses']['D']) == 4  # finished epochs only
 
     monkeypatch.setattr(dcgan, 'train_step', real_step)
     losses, samples, _ = train(tmp_path)
@@ -202,3 +206,28 @@ def test_impossible_settings_are_named(name, value):
 def test_image_sizes_the_networks_cannot_make_are_named(build, image_size):
     with pytest.raises(ValueError, match=rf'image_size must be a power of two.*got {image_size}'):
         build(image_size)
+
+
+class RecordingBar:
+    """A stand-in for tqdm that records the batches at which the losses were shown."""
+    shown = []
+
+    def __init__(self, iterable, **kwargs):
+        self.iterable, self.count = iterable, 0
+
+    def __iter__(self):
+        for item in self.iterable:
+            self.count += 1
+            yield item
+
+    def set_postfix(self, **losses):
+        RecordingBar.shown.append(self.count)
+
+
+@pytest.mark.parametrize('print_every, shown', [(1, [1, 2, 3, 4]), (2, [1, 3]), (50, [1])])
+def test_progress_bar_shows_the_losses_every_print_every_batches(print_every, shown,
+                                                                tmp_path, monkeypatch):
+    monkeypatch.setattr(dcgan, 'tqdm', RecordingBar)
+    RecordingBar.shown = []
+    train(tmp_path, config={**CONFIG, 'n_epochs': 1, 'print_every': print_every})
+    assert RecordingBar.shown == shown  # 4 batches, starting with the first
