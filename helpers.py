@@ -493,22 +493,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read back."""
 
 
-def save_checkpoint(path, state):
-    """torch.save state to path atomically: a temporary file in the same folder, then a
-    rename, so a crash mid-save never leaves a half-written checkpoint behind."""
+def atomic_write(path, write, mode='wb'):
+    """Call write(file) on a temporary file in path's folder, then rename it to path, so
+    a crash mid-write never leaves a half-written file behind. Returns path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(handle, 'wb') as f:
-            torch.save(state, f)
+        with os.fdopen(handle, mode) as f:
+            write(f)
             f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+            os.fsync(f.fileno())  # on disk before the rename makes it the real file
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path, state):
+    """torch.save state to path atomically (see atomic_write)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path, map_location='cpu'):

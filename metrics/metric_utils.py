@@ -9,9 +9,10 @@ or damaged cache file is computed again, never trusted.
 import hashlib
 import inspect
 import json
-import os
-import tempfile
+import warnings
 from pathlib import Path
+
+import helpers
 
 from .metric_main import METRICS, calc_metric
 
@@ -48,19 +49,6 @@ def _read_record(path, key):
     return record
 
 
-def _write_record(path, record):
-    """Write record as JSON through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as out:
-            json.dump(record, out)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def cached_metric(name, *image_sets, cache_dir=None):
     """calc_metric(name, *image_sets), read from cache_dir when an earlier call stored the
     same computation there; the record then has 'cached': True. cache_dir None: no cache."""
@@ -72,5 +60,11 @@ def cached_metric(name, *image_sets, cache_dir=None):
     if record is not None:
         return {**record, 'cached': True}
     record = calc_metric(name, *image_sets)
-    _write_record(path, {**record, 'key': key})
+    try:
+        helpers.atomic_write(path, lambda out: json.dump({**record, 'key': key}, out),
+                             mode='w')
+    except OSError as err:  # the result is good; only keeping it failed
+        warnings.warn(f'Could not keep the {name} result in {path} ({err}); it will be '
+                      f'computed again next time. Pass a writable cache_dir to keep it.',
+                      stacklevel=2)
     return record

@@ -105,3 +105,12 @@ def test_metrics_cache_sits_beside_the_data(face_folder):
     folder = helpers.metrics_cache_dir(face_folder)
     assert folder == face_folder.parent / helpers.CACHE_DIR_NAME / 'metrics'
     assert helpers.metrics_cache_dir(str(face_folder)) == folder
+
+
+def test_an_unwritable_cache_warns_and_still_answers(counted, tmp_path):
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('a file where the cache folder should be')
+    a, b = smooth_images(20, seed=1), smooth_images(20, seed=2)
+    with pytest.warns(UserWarning, match='computed again next time'):
+        record = metrics.cached_metric('swd', a, b, cache_dir=blocker / 'metrics')
+    assert record['value'] == metrics.cached_metric('swd', a, b)['value']
