@@ -2,8 +2,6 @@
 # Change the notebook cells that start with "#| export", then run
 # `python export.py`.
 import math
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +9,7 @@ from torch import nn, optim
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-import helpers
+import helpers  # every tool that is not an exercise: one page
 
 
 class FaceDataset(Dataset):
@@ -226,60 +224,13 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
     checkpoint in run_dir if an earlier run left one. score, if given, maps G
     to a number after every epoch (lower is better). Returns the per-batch
     losses, the fixed-z samples and the score of every epoch."""
-    if len(loader) == 0:
-        raise ValueError(
-            f'batch_size={loader.batch_size} is larger than the '
-            f'{len(loader.dataset)} training images, so an epoch has no full '
-            f'batch. Lower batch_size or train on more images.')
-    checkpoint = Path(run_dir) / 'checkpoint.pt'
-    nets = {'D': D, 'G': G}
-    optimizers = {'opt_D': d_optimizer, 'opt_G': g_optimizer}
-    schedulers = {}
-    if config['lr_decay']:  # lr falls linearly, reaching 0 after the last batch
-        total_steps = config['n_epochs'] * len(loader)
-        schedulers = {
-            f'lr_{name[-1]}': optim.lr_scheduler.LinearLR(
-                optimizer, start_factor=1.0, end_factor=0.0,
-                total_iters=total_steps)
-            for name, optimizer in optimizers.items()}
-    stateful = {**optimizers, **schedulers}  # checkpointed beside the weights
-    state = helpers.resume_training(checkpoint, config, nets, stateful)
-    losses, samples, scores, done = {'D': [], 'G': []}, [], [], 0
-    if state is not None:  # the fixed noise must stay the same across runs
-        losses, samples, scores = (state['losses'], list(state['samples']),
-                                   state['scores'])
-        done, fixed_z = state['epoch'], state['fixed_z'].to(fixed_z.device)
-    n_epochs = config['n_epochs']
-    for epoch in range(done + 1, n_epochs + 1):
-        last_good = (f'{checkpoint} holds epoch {epoch - 1}' if epoch > 1
-                     else 'no epoch has finished, so there is no checkpoint')
-        start = time.perf_counter()
-        try:
+    run = helpers.TrainingRun(run_dir, config, D, G, d_optimizer,
+                              g_optimizer, loader, fixed_z)  # resumes
+    for epoch in run.epochs_left():
+        with run.epoch(epoch):  # an interrupt or a NaN says what is saved
             d_losses, g_losses = train_epoch(
-                D, G, d_optimizer, g_optimizer, loader, config,
-                fixed_z.device, amp_dtype, f'epoch {epoch}/{n_epochs}',
-                schedulers.values())
-        except KeyboardInterrupt:  # raised on: the cells below must not run
-            print(f'Interrupted in epoch {epoch}: {last_good}. Run this cell '
-                  f'again to go on from there.')
-            raise
-        except FloatingPointError as error:
-            raise FloatingPointError(
-                f'{error} {last_good}. Start a new run (another run_dir) with '
-                f'a lower lr or another seed.') from None
-        losses['D'] += d_losses
-        losses['G'] += g_losses
-        seconds = time.perf_counter() - start
-        if score is not None:
-            scores.append(score(G))
-        scored = f', score {scores[-1]:.1f}' if score is not None else ''
-        print(f'epoch {epoch}/{n_epochs}: '
-              f'D loss {sum(d_losses) / len(d_losses):.3f}, '
-              f'G loss {sum(g_losses) / len(g_losses):.3f}{scored} '
-              f'({seconds:.1f} s)')
-        samples.append(helpers.generate(G, fixed_z))  # (sample_size, 3, S, S)
-        helpers.save_image_grid(samples[-1], Path(run_dir) / 'samples'
-                                / f'epoch_{epoch:03d}.png')
-        helpers.save_checkpoint(checkpoint, helpers.training_state(
-            config, epoch, nets, stateful, losses, fixed_z, samples, scores))
-    return losses, samples, scores
+                D, G, d_optimizer, g_optimizer, loader, config, run.device,
+                amp_dtype, run.describe(epoch), run.schedulers)
+        # losses kept, G scored, fixed-z samples drawn, checkpoint written
+        run.end_epoch(epoch, d_losses, g_losses, score)
+    return run.losses, run.samples, run.scores

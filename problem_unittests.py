@@ -1,14 +1,17 @@
 """Unit tests for the exercises of dlnd_face_generation.ipynb.
 
-Each ``test_*`` function takes the object you wrote (a function or a class), runs it on small
-made-up inputs and checks what it does, not only the shape of what it returns. A failed check
-raises an AssertionError that says what was expected, what came back, for which inputs, and
-the likely fix. ``Tests Passed`` is printed only after every check of that function passes.
+Each ``test_*`` function takes the object you wrote (a function or a class),
+runs it on small made-up inputs and checks what it does, not only the shape
+of what it returns. A failed check raises an AssertionError that says what was
+expected, what came back, for which inputs, and the likely fix. ``Tests Passed``
+is printed only after every check of that function passes.
 
-The tests seed their own random numbers inside ``torch.random.fork_rng()``, so calling them
-does not change the notebook's random stream. Models are built on the CPU, and inputs always
-go to the device of the model's parameters. This file imports nothing from the project.
+The tests seed their own random numbers inside ``torch.random.fork_rng()``, so
+calling them does not change the notebook's random stream. Models are built on
+the CPU, and inputs always go to the device of the model's parameters. This file
+imports nothing from the project.
 """
+
 import collections
 import contextlib
 import copy
@@ -26,9 +29,9 @@ from torch.utils.data import DataLoader
 
 SEED = 0
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Helpers
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def _fail(message):
@@ -43,56 +46,77 @@ def _check(condition, message):
 
 
 def _call(what, hint, fn, *args, **kwargs):
-    """Return fn(*args, **kwargs); an error inside it becomes an AssertionError naming the call."""
+    """Return fn(*args, **kwargs); an error inside it becomes an
+    AssertionError naming the call.
+    """
     try:
         return fn(*args, **kwargs)
     except Exception as error:  # the learner's error, reported with its context
         raise AssertionError(
-            f'{what} raised {type(error).__name__}: {error}\nHint: {hint}') from error
+            f'{what} raised {type(error).__name__}: {error}\nHint: {hint}'
+        ) from error
 
 
 def _unit_test(test):
-    """Run test with a fixed seed on a forked RNG; print 'Tests Passed' if nothing failed."""
+    """Run test with a fixed seed on a forked RNG; print 'Tests Passed'
+    if nothing failed.
+    """
+
     @functools.wraps(test)
     def run(*args, **kwargs):
         with torch.random.fork_rng():
             torch.manual_seed(SEED)
             test(*args, **kwargs)
         print('Tests Passed')
+
     return run
 
 
 def _device_of(module, what):
-    """The device of module's parameters (a model without parameters fails the test)."""
+    """The device of module's parameters (a model without parameters
+    fails the test).
+    """
     parameter = next(module.parameters(), None)
-    _check(parameter is not None,
-           f'{what} has no parameters; expected a network with learnable layers. '
-           f'Hint: create the layers in __init__ and assign them to self.')
+    _check(
+        parameter is not None,
+        f'{what} has no parameters; expected a network with learnable layers. '
+        f'Hint: create the layers in __init__ and assign them to self.',
+    )
     return parameter.device
 
 
 def _shape(x):
-    """The shape of a tensor as a plain tuple, or the type name of anything else."""
+    """The shape of a tensor as a plain tuple, or the type
+    name of anything else.
+    """
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def _values(t, limit=4):
     """The first few values of a tensor, rounded, for messages."""
     values = [round(v, 4) for v in t.detach().flatten()[:limit].tolist()]
-    return f'[{", ".join(map(str, values))}{", ..." if t.numel() > limit else ""}]'
+    return (
+        f'[{", ".join(map(str, values))}{", ..." if t.numel() > limit else ""}]'
+    )
 
 
 def _check_tensor(out, what, hint):
     """Fail unless out is a tensor."""
-    _check(isinstance(out, torch.Tensor),
-           f'{what} returned {type(out).__name__}; expected a torch.Tensor. Hint: {hint}')
+    _check(
+        isinstance(out, torch.Tensor),
+        f'{what} returned {type(out).__name__}; expected a '
+        f'torch.Tensor. Hint: {hint}',
+    )
 
 
 def _check_shape(out, expected, what, hint):
     """Fail unless out is a tensor of the expected shape."""
     _check_tensor(out, what, hint)
-    _check(tuple(out.shape) == expected,
-           f'{what} returned shape {_shape(out)}; expected {expected}. Hint: {hint}')
+    _check(
+        tuple(out.shape) == expected,
+        f'{what} returned shape {_shape(out)}; expected '
+        f'{expected}. Hint: {hint}',
+    )
 
 
 def _has_layer(model, kinds):
@@ -100,21 +124,34 @@ def _has_layer(model, kinds):
     return next((m for m in model.modules() if isinstance(m, kinds)), None)
 
 
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-# Every layer class defined in torch.nn.modules.pooling: MaxPool2d, AvgPool2d, Adaptive*, ...
-_POOLING = tuple(cls for cls in vars(nn.modules.pooling).values()
-                 if isinstance(cls, type) and cls.__module__ == nn.modules.pooling.__name__)
+_BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+)
+# Every layer class defined in torch.nn.modules.pooling: MaxPool2d, AvgPool2d,
+# Adaptive*, ...
+_POOLING = tuple(
+    cls
+    for cls in vars(nn.modules.pooling).values()
+    if isinstance(cls, type) and cls.__module__ == nn.modules.pooling.__name__
+)
 
 
 def _check_batch_norm(model, what, hint):
     """Fail unless model contains a batch norm layer."""
-    _check(_has_layer(model, _BATCH_NORMS) is not None,
-           f'{what} has no batch norm layer; expected nn.BatchNorm2d after some of its '
-           f'(transposed) convolutions. Hint: {hint}')
+    _check(
+        _has_layer(model, _BATCH_NORMS) is not None,
+        f'{what} has no batch norm layer; expected nn.BatchNorm2d after some '
+        f'of its (transposed) convolutions. Hint: {hint}',
+    )
 
 
 def _amplify(model, factor=10.0):
-    """Multiply every parameter of model by factor, in place, so its outputs grow large."""
+    """Multiply every parameter of model by factor, in place, so
+    its outputs grow large.
+    """
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(factor)
@@ -128,24 +165,31 @@ def _diagnosis(got, candidates):
     return ''
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Data
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 _LOADER_SETTINGS = ((8, 32), (5, 16), (4, 64))  # (batch_size, image_size)
 
 
 def _first_images(loader, what):
     """The images of the first batch of a fresh pass over loader."""
-    batch = _call(f'next(iter({what}))',
-                  'check that each item is (image, label) with image a (3, S, S) tensor.',
-                  lambda: next(iter(loader)))
-    _check(isinstance(batch, (tuple, list)) and len(batch) == 2,
-           f'{what} yielded {type(batch).__name__}; expected (images, labels) pairs. '
-           f'Hint: make the dataset return (image, 0) for each item.')
+    batch = _call(
+        f'next(iter({what}))',
+        'check that each item is (image, label) with image a (3, S, S) tensor.',
+        lambda: next(iter(loader)),
+    )
+    _check(
+        isinstance(batch, (tuple, list)) and len(batch) == 2,
+        f'{what} yielded {type(batch).__name__}; expected (images, labels) '
+        f'pairs. Hint: make the dataset return (image, 0) for each item.',
+    )
     images = batch[0]
-    _check_tensor(images, f'{what} (first item of a batch)',
-                  'return image tensors, e.g. images[index].float() / 255.')
+    _check_tensor(
+        images,
+        f'{what} (first item of a batch)',
+        'return image tensors, e.g. images[index].float() / 255.',
+    )
     return images
 
 
@@ -154,34 +198,43 @@ def _range_hint(low, high):
     if high > 1:
         return 'values look like 0..255: divide the uint8 pixels by 255.'
     if low < 0:
-        return ('do not normalise or scale here: images stay in [0, 1] and scale() maps them '
-                'to [-1, 1] in the training step.')
+        return (
+            'do not normalise or scale here: images stay in [0, 1] and scale() '
+            'maps them to [-1, 1] in the training step.'
+        )
     return 'divide the uint8 pixels by 255 once, not twice.'
 
 
 def _write_faces(root, n_images=32, size=64):
-    """Write n_images random JPEGs as root/celeba/*.jpg (the course layout); return root."""
+    """Write n_images random JPEGs as root/celeba/*.jpg
+    (the course layout); return root.
+    """
     folder = Path(root) / 'celeba'
     folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(SEED)
-    ramp = torch.linspace(0, 255, size).view(1, size, 1)  # dark to bright: values span 0..255
+    # dark to bright: values span 0..255
+    ramp = torch.linspace(0, 255, size).view(1, size, 1)
     for i in range(n_images):
         colour = torch.rand(1, 1, 3, generator=generator)
         noise = torch.randn(size, size, 3, generator=generator) * 20
         pixels = (ramp * colour * 2 + noise).clamp(0, 255).to(torch.uint8)
-        Image.fromarray(pixels.numpy()).save(folder / f'{i:06d}.jpg', quality=95)
+        Image.fromarray(pixels.numpy()).save(
+            folder / f'{i:06d}.jpg', quality=95
+        )
     return Path(root)
 
 
 @_unit_test
 def test_get_dataloader(get_dataloader):
-    """get_dataloader(batch_size, image_size, data_dir) yields shuffled float images in [0, 1].
+    """get_dataloader(batch_size, image_size, data_dir) yields shuffled
+    float images in [0, 1].
 
-    It runs on a small folder of made-up JPEGs laid out like the course data, so it is quick
-    and never touches your copy of the data.
+    It runs on a small folder of made-up JPEGs laid out like the course data, so
+    it is quick and never touches your copy of the data.
     """
+    # only the verdict is printed
     with tempfile.TemporaryDirectory() as scratch, \
-            contextlib.redirect_stdout(io.StringIO()):  # only the verdict is printed
+            contextlib.redirect_stdout(io.StringIO()):
         data_dir = _write_faces(Path(scratch) / 'faces')
         _check_loader(get_dataloader, data_dir)
 
@@ -191,144 +244,223 @@ def _check_loader(get_dataloader, data_dir):
     first = None
     for batch_size, image_size in _LOADER_SETTINGS:
         what = f'get_dataloader({batch_size}, {image_size}, data_dir=DATA_DIR)'
-        loader = _call(what, 'data_dir is the folder that holds the image folder(s).',
-                       get_dataloader, batch_size, image_size, data_dir=str(data_dir))
-        _check(isinstance(loader, DataLoader),
-               f'{what} returned {type(loader).__name__}; expected a torch DataLoader. '
-               f'Hint: return DataLoader(dataset, batch_size=batch_size, shuffle=True).')
+        loader = _call(
+            what,
+            'data_dir is the folder that holds the image folder(s).',
+            get_dataloader,
+            batch_size,
+            image_size,
+            data_dir=str(data_dir),
+        )
+        _check(
+            isinstance(loader, DataLoader),
+            f'{what} returned {type(loader).__name__}; expected a '
+            f'torch DataLoader. Hint: return DataLoader(dataset, '
+            f'batch_size=batch_size, shuffle=True).',
+        )
         images = _first_images(loader, what)
-        _check(images.dtype == torch.float32,
-               f'{what} yielded images of dtype {images.dtype}; expected torch.float32. '
-               f'Hint: convert the uint8 pixels with .float() / 255.')
+        _check(
+            images.dtype == torch.float32,
+            f'{what} yielded images of dtype {images.dtype}; '
+            f'expected torch.float32. Hint: convert the uint8 pixels '
+            f'with .float() / 255.',
+        )
         expected = (batch_size, 3, image_size, image_size)
-        _check(tuple(images.shape) == expected,
-               f'{what} yielded images of shape {_shape(images)}; expected {expected}. '
-               f'Hint: pass batch_size to the DataLoader and image_size to '
-               f'helpers.load_faces, and keep all 3 colour channels.')
+        _check(
+            tuple(images.shape) == expected,
+            f'{what} yielded images of shape {_shape(images)}; '
+            f'expected {expected}. Hint: pass batch_size to the '
+            f'DataLoader and image_size to helpers.load_faces, and keep '
+            f'all 3 colour channels.',
+        )
         low, high = images.min().item(), images.max().item()
-        _check(0 <= low and high <= 1 and high - low >= 0.5,
-               f'{what} yielded images with values in [{low:.3f}, {high:.3f}]; expected values '
-               f'within [0, 1] that use most of that range. Hint: {_range_hint(low, high)}')
+        _check(
+            0 <= low and high <= 1 and high - low >= 0.5,
+            f'{what} yielded images with values in [{low:.3f}, {high:.3f}]; '
+            f'expected values within [0, 1] that use most of that range. '
+            f'Hint: {_range_hint(low, high)}',
+        )
         if first is None:
             first = (what, loader, images)
     what, loader, images = first
     again = _first_images(loader, what)
-    _check(not torch.equal(images, again),
-           f'Two passes over {what} started with the same batch; expected shuffled batches. '
-           f'Hint: DataLoader(..., shuffle=True).')
+    _check(
+        not torch.equal(images, again),
+        f'Two passes over {what} started with the same batch; expected '
+        f'shuffled batches. Hint: DataLoader(..., shuffle=True).',
+    )
 
 
 @_unit_test
 def test_scale(scale):
-    """scale(x, feature_range) maps [0, 1] linearly onto feature_range, without changing x."""
+    """scale(x, feature_range) maps [0, 1] linearly onto feature_range,
+    without changing x.
+    """
     for feature_range in (None, (-0.5, 2.0)):
         low, high = feature_range or (-1.0, 1.0)
-        kwargs = {} if feature_range is None else {'feature_range': feature_range}
-        what = 'scale(x)' if feature_range is None else f'scale(x, feature_range={feature_range})'
+        kwargs = (
+            {} if feature_range is None else {'feature_range': feature_range}
+        )
+        what = (
+            'scale(x)'
+            if feature_range is None
+            else f'scale(x, feature_range={feature_range})'
+        )
         hint = 'low, high = feature_range; return x * (high - low) + low'
         for x in (torch.tensor([0.0, 0.5, 1.0]), torch.rand(2, 3, 4, 4)):
             x_before = x.clone()
             out = _call(what, hint, scale, x, **kwargs)
-            _check_shape(out, tuple(x.shape), f'{what} for x of shape {_shape(x)}', hint)
-            _check(out.dtype == x.dtype,
-                   f'{what} returned dtype {out.dtype} for x of dtype {x.dtype}; expected the '
-                   f'same dtype. Hint: {hint}')
-            _check(torch.equal(x, x_before),
-                   f'{what} changed its input x in place; expected x to be left as it was. '
-                   f'Hint: build a new tensor (x * a + b) instead of x.mul_(...).add_(...).')
+            _check_shape(
+                out, tuple(x.shape), f'{what} for x of shape {_shape(x)}', hint
+            )
+            _check(
+                out.dtype == x.dtype,
+                f'{what} returned dtype {out.dtype} for x of dtype {x.dtype}; '
+                f'expected the same dtype. Hint: {hint}',
+            )
+            _check(
+                torch.equal(x, x_before),
+                f'{what} changed its input x in place; expected x to be left '
+                f'as it was. Hint: build a new tensor (x * a + b) instead '
+                f'of x.mul_(...).add_(...).',
+            )
             expected = x_before * (high - low) + low
-            _check(torch.allclose(out, expected, atol=1e-6),
-                   f'{what} mapped {_values(x_before)} to {_values(out)}; expected '
-                   f'{_values(expected)}: 0 -> {low}, 1 -> {high}. Hint: {hint}')
+            _check(
+                torch.allclose(out, expected, atol=1e-6),
+                f'{what} mapped {_values(x_before)} to {_values(out)}; '
+                f'expected {_values(expected)}: 0 -> {low}, 1 -> '
+                f'{high}. Hint: {hint}',
+            )
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Networks
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 @_unit_test
 def test_discriminator(Discriminator):
-    """Discriminator(conv_dim): (N, 3, 32, 32) -> (N, 1) logits, strided convs, batch norm."""
+    """Discriminator(conv_dim): (N, 3, 32, 32) -> (N, 1) logits,
+    strided convs, batch norm.
+    """
     for conv_dim in (8, 16):
         what = f'Discriminator(conv_dim={conv_dim})'
-        D = _call(what, 'check the layer sizes in __init__.', Discriminator, conv_dim)
+        D = _call(
+            what, 'check the layer sizes in __init__.', Discriminator, conv_dim
+        )
         device = _device_of(D, what)
         pooling = _has_layer(D, _POOLING)
-        _check(pooling is None,
-               f'{what} contains {pooling}; expected no pooling layers. Hint: halve the size '
-               f'with nn.Conv2d(..., kernel_size=4, stride=2, padding=1) instead.')
-        _check_batch_norm(D, what, 'add nn.BatchNorm2d after every conv layer but the first.')
+        _check(
+            pooling is None,
+            f'{what} contains {pooling}; expected no pooling layers. '
+            f'Hint: halve the size with nn.Conv2d(..., kernel_size=4, '
+            f'stride=2, padding=1) instead.',
+        )
+        _check_batch_norm(
+            D, what, 'add nn.BatchNorm2d after every conv layer but the first.'
+        )
         for n in (2, 8):
             x = torch.rand(n, 3, 32, 32, device=device) * 2 - 1
             call = f'{what} for input {_shape(x)}'
-            hint = 'flatten the last feature map and end with nn.Linear(..., 1).'
+            hint = (
+                'flatten the last feature map and end with nn.Linear(..., 1).'
+            )
             out = _call(call, hint, D, x)
             _check_shape(out, (n, 1), call, f'one logit per image; {hint}')
         x.requires_grad_(True)
         out = D(x)
-        grad = (torch.autograd.grad(out.sum(), x, allow_unused=True)[0]
-                if out.requires_grad else None)
-        _check(grad is not None and grad.abs().sum().item() > 0,
-               f'{what}: the output has no gradient with respect to the input images; '
-               f'expected gradients to flow back to the images. Hint: no .detach(), .item() '
-               f'or torch.no_grad() inside forward().')
+        grad = (
+            torch.autograd.grad(out.sum(), x, allow_unused=True)[0]
+            if out.requires_grad
+            else None
+        )
+        _check(
+            grad is not None and grad.abs().sum().item() > 0,
+            f'{what}: the output has no gradient with respect to the '
+            f'input images; expected gradients to flow back to the images. '
+            f'Hint: no .detach(), .item() or torch.no_grad() inside forward().',
+        )
         _amplify(D)
         out = D(x.detach())
         low, high = out.min().item(), out.max().item()
-        _check(low < 0 or high > 1,
-               f'After multiplying every parameter of {what} by 10, all its outputs stayed in '
-               f'[0, 1] (min {low:.3f}, max {high:.3f}); expected raw logits, which can be any '
-               f'number. Hint: remove the final sigmoid; the losses apply it themselves '
-               f'(F.binary_cross_entropy_with_logits).')
+        _check(
+            low < 0 or high > 1,
+            f'After multiplying every parameter of {what} by 10, '
+            f'all its outputs stayed in [0, 1] (min {low:.3f}, max '
+            f'{high:.3f}); expected raw logits, which can be any number. '
+            f'Hint: remove the final sigmoid; the losses apply it themselves '
+            f'(F.binary_cross_entropy_with_logits).',
+        )
 
 
 @_unit_test
 def test_generator(Generator):
-    """Generator(z_size, conv_dim): (N, z_size) -> (N, 3, 32, 32) images in [-1, 1]."""
+    """Generator(z_size, conv_dim): (N, z_size) -> (N, 3, 32, 32)
+    images in [-1, 1].
+    """
     for z_size, conv_dim in ((16, 8), (100, 16)):
         what = f'Generator(z_size={z_size}, conv_dim={conv_dim})'
-        G = _call(what, 'check the layer sizes in __init__.', Generator, z_size, conv_dim)
+        G = _call(
+            what,
+            'check the layer sizes in __init__.',
+            Generator,
+            z_size,
+            conv_dim,
+        )
         device = _device_of(G, what)
-        _check_batch_norm(G, what, 'add nn.BatchNorm2d after every transposed conv but the '
-                                   'last.')
+        _check_batch_norm(
+            G,
+            what,
+            'add nn.BatchNorm2d after every transposed conv but the last.',
+        )
         for n in (2, 6):
             z = torch.randn(n, z_size, device=device)
             call = f'{what} for z of shape {_shape(z)}'
-            hint = ('start from a (N, conv_dim*4, 4, 4) map and double it three times with '
-                    'nn.ConvTranspose2d(..., kernel_size=4, stride=2, padding=1), ending with '
-                    '3 channels.')
+            hint = (
+                'start from a (N, conv_dim*4, 4, 4) map and double it three '
+                'times with nn.ConvTranspose2d(..., kernel_size=4, stride=2, '
+                'padding=1), ending with 3 channels.'
+            )
             out = _call(call, hint, G, z)
             _check_shape(out, (n, 3, 32, 32), call, hint)
             low, high = out.min().item(), out.max().item()
-            _check(-1 <= low < 0 and high <= 1,
-                   f'{call} gave values in [{low:.3f}, {high:.3f}]; expected values within '
-                   f'[-1, 1], some of them negative, like the scaled real images. '
-                   f'Hint: end with nn.Tanh().')
+            _check(
+                -1 <= low < 0 and high <= 1,
+                f'{call} gave values in [{low:.3f}, {high:.3f}]; expected '
+                f'values within [-1, 1], some of them negative, like the '
+                f'scaled real images. Hint: end with nn.Tanh().',
+            )
             difference = (out[0] - out[1]).abs().max().item()
-            _check(difference > 1e-4,
-                   f'{call} gave the same image for two different z (largest pixel difference '
-                   f'{difference:.2g}); expected each z to give its own image. '
-                   f'Hint: compute the first layer from z.')
+            _check(
+                difference > 1e-4,
+                f'{call} gave the same image for two different z (largest '
+                f'pixel difference {difference:.2g}); expected each z to give '
+                f'its own image. Hint: compute the first layer from z.',
+            )
         _amplify(G)
         out = G(z)
         low, high = out.min().item(), out.max().item()
-        _check(-1 <= low and high <= 1,
-               f'After multiplying every parameter of {what} by 10, its outputs spanned '
-               f'[{low:.3f}, {high:.3f}]; expected [-1, 1] whatever the weights. '
-               f'Hint: end with nn.Tanh().')
+        _check(
+            -1 <= low and high <= 1,
+            f'After multiplying every parameter of {what} by 10, its outputs '
+            f'spanned [{low:.3f}, {high:.3f}]; expected [-1, 1] whatever the '
+            f'weights. Hint: end with nn.Tanh().',
+        )
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Weight initialisation
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def _init_test_model():
-    """Layers with 65,536 weights each (enough to measure a std) whose default std is not 0.02."""
+    """Layers with 65,536 weights each (enough to measure a std) whose
+    default std is not 0.02.
+    """
     return nn.Sequential(
         nn.Conv2d(16, 256, 4),  # default init std 0.036
-        nn.ConvTranspose2d(256, 16, 4, bias=False),  # default std 0.036; no bias to zero
+        # default std 0.036; no bias to zero
+        nn.ConvTranspose2d(256, 16, 4, bias=False),
         nn.Linear(64, 1024),  # default std 0.072
         nn.BatchNorm2d(64),  # must be left alone
     )
@@ -336,88 +468,145 @@ def _init_test_model():
 
 @_unit_test
 def test_weights_init_normal(weights_init_normal):
-    """Conv, transposed conv and linear weights ~ N(0, 0.02), biases 0, batch norm untouched."""
+    """Conv, transposed conv and linear weights ~ N(0, 0.02), biases 0,
+    batch norm untouched.
+    """
     model = _init_test_model()
     batch_norm = model[-1]
-    with torch.no_grad():  # recognisable values, to see whether batch norm is changed
+    # recognisable values, to see whether batch norm is changed
+    with torch.no_grad():
         batch_norm.weight.fill_(0.7)
         batch_norm.bias.fill_(0.3)
-    hint = ('for nn.Conv2d, nn.ConvTranspose2d and nn.Linear: nn.init.normal_(m.weight, 0.0, '
-            '0.02), and nn.init.zeros_(m.bias) if m.bias is not None.')
-    _call('model.apply(weights_init_normal)', hint, model.apply, weights_init_normal)
+    hint = (
+        'for nn.Conv2d, nn.ConvTranspose2d and nn.Linear: '
+        'nn.init.normal_(m.weight, 0.0, 0.02), and nn.init.zeros_(m.bias) '
+        'if m.bias is not None.'
+    )
+    _call(
+        'model.apply(weights_init_normal)',
+        hint,
+        model.apply,
+        weights_init_normal,
+    )
     for layer in model[:-1]:
         what = f'After model.apply(weights_init_normal), {layer}'
         weight = layer.weight.detach()
         mean, std = weight.mean().item(), weight.std().item()
-        _check(abs(mean) < 1e-3 and 0.019 <= std <= 0.021,
-               f'{what} has weights with mean {mean:.4f} and std {std:.4f}; expected mean 0 '
-               f'and std 0.02 (from {weight.numel()} weights). Hint: {hint}')
+        _check(
+            abs(mean) < 1e-3 and 0.019 <= std <= 0.021,
+            f'{what} has weights with mean {mean:.4f} and std {std:.4f}; '
+            f'expected mean 0 and std 0.02 (from {weight.numel()} '
+            f'weights). Hint: {hint}',
+        )
         tails = ((weight - mean).abs() > 2 * std).float().mean().item()
-        _check(0.035 <= tails <= 0.056,
-               f'{what} has {tails:.1%} of its weights beyond 2 std of the mean; expected about '
-               f'4.6%, as for a normal distribution. Hint: nn.init.normal_, not uniform_.')
+        _check(
+            0.035 <= tails <= 0.056,
+            f'{what} has {tails:.1%} of its weights beyond 2 std of the '
+            f'mean; expected about 4.6%, as for a normal distribution. '
+            f'Hint: nn.init.normal_, not uniform_.',
+        )
         if layer.bias is not None:
-            _check(torch.count_nonzero(layer.bias).item() == 0,
-                   f'{what} has biases {_values(layer.bias)}; expected all 0. Hint: {hint}')
-    untouched = torch.all(batch_norm.weight == 0.7) and torch.all(batch_norm.bias == 0.3)
-    _check(untouched,
-           f'model.apply(weights_init_normal) changed {batch_norm}: weight '
-           f'{_values(batch_norm.weight)}, bias {_values(batch_norm.bias)}; expected batch norm '
-           f'to be left alone (we set weight 0.7, bias 0.3). Hint: only initialise nn.Conv2d, '
-           f'nn.ConvTranspose2d and nn.Linear.')
+            _check(
+                torch.count_nonzero(layer.bias).item() == 0,
+                f'{what} has biases {_values(layer.bias)}; expected '
+                f'all 0. Hint: {hint}',
+            )
+    untouched = torch.all(batch_norm.weight == 0.7) and torch.all(
+        batch_norm.bias == 0.3
+    )
+    _check(
+        untouched,
+        f'model.apply(weights_init_normal) changed {batch_norm}: weight '
+        f'{_values(batch_norm.weight)}, bias {_values(batch_norm.bias)}; '
+        f'expected batch norm to be left alone (we set weight 0.7, bias 0.3). '
+        f'Hint: only initialise nn.Conv2d, nn.ConvTranspose2d and nn.Linear.',
+    )
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Losses and optimizers
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 _KNOWN_LOGITS = (-2.0, 0.0, 1.0, 3.0)
 
 
 def _bce_with_logits(logits, target):
-    """Mean binary cross-entropy of sigmoid(logits) against target, written out with math."""
-    # -[t*log(sigmoid(x)) + (1-t)*log(1-sigmoid(x))] simplifies to log(1 + e^x) - t*x
-    return sum(math.log1p(math.exp(x)) - target * x for x in logits) / len(logits)
+    """Mean binary cross-entropy of sigmoid(logits) against target,
+    written out with math.
+    """
+    # -[t*log(sigmoid(x)) + (1-t)*log(1-sigmoid(x))] simplifies to
+    # log(1 + e^x) - t*x
+    return sum(math.log1p(math.exp(x)) - target * x for x in logits) / len(
+        logits
+    )
 
 
 def _loss_mistakes(logits, target):
     """The value a loss returns for common mistakes, by name."""
     sigmoid = [1 / (1 + math.exp(-x)) for x in logits]
-    mistakes = {f'label {other} instead of {target}': _bce_with_logits(logits, other)
-                for other in (1.0, 0.9, 0.1, 0.0) if other != target}
-    mistakes.update({
-        'the sum over the batch instead of the mean':
-            _bce_with_logits(logits, target) * len(logits),
-        'a sigmoid applied to the logits before the BCE-with-logits loss (applied twice)':
-            _bce_with_logits(sigmoid, target),
-        'mean squared error': sum((s - target) ** 2 for s in sigmoid) / len(logits),
-    })
+    mistakes = {
+        f'label {other} instead of {target}': _bce_with_logits(logits, other)
+        for other in (1.0, 0.9, 0.1, 0.0)
+        if other != target
+    }
+    mistakes.update(
+        {
+            'the sum over the batch instead of the mean': _bce_with_logits(
+                logits, target
+            )
+            * len(logits),
+            (
+                'a sigmoid applied to the logits before the BCE-with-logits '
+                'loss (applied twice)'
+            ): _bce_with_logits(sigmoid, target),
+            'mean squared error': sum((s - target) ** 2 for s in sigmoid)
+            / len(logits),
+        }
+    )
     return mistakes
 
 
 def _check_loss(loss_fn, name, target, **kwargs):
-    """loss_fn(D_out, **kwargs) is the mean BCE-with-logits of D_out against target."""
+    """loss_fn(D_out, **kwargs) is the mean BCE-with-logits of
+    D_out against target.
+    """
     arguments = ''.join(f', {key}={value}' for key, value in kwargs.items())
-    hint = (f'return F.binary_cross_entropy_with_logits(D_out, labels) with labels = '
-            f'torch.full_like(D_out, {target}).')
+    hint = (
+        f'return F.binary_cross_entropy_with_logits(D_out, labels) with '
+        f'labels = torch.full_like(D_out, {target}).'
+    )
     for logits in (_KNOWN_LOGITS, tuple(torch.randn(7).mul(3).tolist())):
         D_out = torch.tensor(logits).view(-1, 1).requires_grad_()
-        what = f'{name}(D_out{arguments}) for D_out of shape {_shape(D_out)} = {_values(D_out)}'
+        what = (
+            f'{name}(D_out{arguments}) for D_out of shape '
+            f'{_shape(D_out)} = {_values(D_out)}'
+        )
         loss = _call(what, hint, loss_fn, D_out, **kwargs)
-        _check_shape(loss, (), what, f'a single number, the mean over the batch; {hint}')
-        _check(loss.requires_grad,
-               f'{what} returned a tensor without a gradient; expected one that backward() can '
-               f'use. Hint: compute it with torch operations on D_out, no .item() or .detach().')
+        _check_shape(
+            loss, (), what, f'a single number, the mean over the batch; {hint}'
+        )
+        _check(
+            loss.requires_grad,
+            f'{what} returned a tensor without a gradient; expected one that '
+            f'backward() can use. Hint: compute it with torch operations on '
+            f'D_out, no .item() or .detach().',
+        )
         expected = _bce_with_logits(logits, target)
-        _check(math.isclose(loss.item(), expected, rel_tol=1e-4, abs_tol=1e-5),
-               f'{what} returned {loss.item():.5f}; expected {expected:.5f}, the mean binary '
-               f'cross-entropy of the logits against label {target}.'
-               f'{_diagnosis(loss.item(), _loss_mistakes(logits, target))} Hint: {hint}')
+        _check(
+            math.isclose(loss.item(), expected, rel_tol=1e-4, abs_tol=1e-5),
+            f'{what} returned {loss.item():.5f}; expected {expected:.5f}, '
+            f'the mean binary cross-entropy of the logits against label '
+            f'{target}.'
+            f'{_diagnosis(loss.item(), _loss_mistakes(logits, target))} '
+            f'Hint: {hint}',
+        )
 
 
 @_unit_test
 def test_real_loss(real_loss):
-    """real_loss(D_out, smooth) is BCE with logits against 1, or 0.9 when smooth is True."""
+    """real_loss(D_out, smooth) is BCE with logits against 1, or 0.9
+    when smooth is True.
+    """
     _check_loss(real_loss, 'real_loss', 1.0)
     _check_loss(real_loss, 'real_loss', 1.0, smooth=False)
     _check_loss(real_loss, 'real_loss', 0.9, smooth=True)
@@ -430,62 +619,93 @@ def test_fake_loss(fake_loss):
 
 
 def _small_gan():
-    """A small (D, G) pair of plain modules: D scores 12 numbers, G makes 12 from 4."""
-    D = nn.Sequential(nn.Linear(12, 8), nn.BatchNorm1d(8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
-    G = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 12), nn.Tanh())
+    """A small (D, G) pair of plain modules: D scores 12 numbers,
+    G makes 12 from 4.
+    """
+    D = nn.Sequential(
+        nn.Linear(12, 8), nn.BatchNorm1d(8), nn.LeakyReLU(0.2), nn.Linear(8, 1)
+    )
+    G = nn.Sequential(
+        nn.Linear(4, 8),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 12),
+        nn.Tanh(),
+    )
     return D, G
 
 
 def _check_optimizer(optimizer, label, own, nets, lr, betas, what):
-    """optimizer is Adam with lr and betas, and holds exactly the parameters of nets[own]."""
+    """optimizer is Adam with lr and betas, and holds exactly the
+    parameters of nets[own].
+    """
     hint = f'optim.Adam({own}.parameters(), lr=lr, betas=betas)'
-    _check(type(optimizer) is optim.Adam,
-           f'{what} returned {type(optimizer).__name__} as {label}; expected torch.optim.Adam. '
-           f'Hint: {hint}')
+    _check(
+        type(optimizer) is optim.Adam,
+        f'{what} returned {type(optimizer).__name__} as {label}; expected '
+        f'torch.optim.Adam. Hint: {hint}',
+    )
     for group in optimizer.param_groups:
         got = (float(group['lr']), tuple(float(b) for b in group['betas']))
-        _check(math.isclose(got[0], lr) and all(map(math.isclose, got[1], betas)),
-               f'{what}: {label} has lr={got[0]}, betas={got[1]}; expected lr={lr}, '
-               f'betas={betas}. Hint: {hint}')
+        _check(
+            math.isclose(got[0], lr) and all(map(math.isclose, got[1], betas)),
+            f'{what}: {label} has lr={got[0]}, betas={got[1]}; expected '
+            f'lr={lr}, betas={betas}. Hint: {hint}',
+        )
     held = {id(p) for group in optimizer.param_groups for p in group['params']}
-    counts = ', '.join(f'{sum(id(p) in held for p in net.parameters())} of the '
-                       f'{len(list(net.parameters()))} parameters of {name}'
-                       for name, net in nets.items())
-    _check(held == {id(p) for p in nets[own].parameters()},
-           f'{what}: {label} holds {counts}; expected all of {own}\'s parameters and nothing '
-           f'else. Hint: {hint}')
+    counts = ', '.join(
+        f'{sum(id(p) in held for p in net.parameters())} of the '
+        f'{len(list(net.parameters()))} parameters of {name}'
+        for name, net in nets.items()
+    )
+    _check(
+        held == {id(p) for p in nets[own].parameters()},
+        f'{what}: {label} holds {counts}; expected all of {own}\'s parameters '
+        f'and nothing else. Hint: {hint}',
+    )
 
 
 @_unit_test
 def test_optimizers(build_optimizers):
-    """build_optimizers(D, G, lr, betas) -> (Adam over D's parameters, Adam over G's)."""
+    """build_optimizers(D, G, lr, betas) -> (Adam over D's
+    parameters, Adam over G's).
+    """
     for lr, betas in ((2e-4, (0.5, 0.999)), (1e-3, (0.9, 0.99))):
         D, G = _small_gan()
         nets = {'D': D, 'G': G}
         what = f'build_optimizers(D, G, lr={lr}, betas={betas})'
         hint = 'return d_optimizer, g_optimizer'
         result = _call(what, hint, build_optimizers, D, G, lr, betas)
-        _check(isinstance(result, (tuple, list)) and len(result) == 2,
-               f'{what} returned {type(result).__name__}; expected a pair '
-               f'(d_optimizer, g_optimizer). Hint: {hint}')
+        _check(
+            isinstance(result, (tuple, list)) and len(result) == 2,
+            f'{what} returned {type(result).__name__}; expected a pair '
+            f'(d_optimizer, g_optimizer). Hint: {hint}',
+        )
         _check_optimizer(result[0], 'd_optimizer', 'D', nets, lr, betas, what)
         _check_optimizer(result[1], 'g_optimizer', 'G', nets, lr, betas, what)
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Training step
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 _TINY_IMAGE = (3, 4, 4)  # tiny images keep the training-step test fast
-_TINY_Z = 6  # not the notebook's z_size: train_step must use its z_size argument
-_STALE_GRAD = 0.5  # gradients "left over from the previous step", for zero_grad() to clear
-# One logged event: a network call ('D'/'G': input x, output out) or an optimizer step
-# ('D step'/'G step': both networks' parameters and the stepped network's gradients).
-_Event = collections.namedtuple('_Event', 'kind x out params grads', defaults=(None,) * 4)
+# not the notebook's z_size: train_step must use its z_size argument
+_TINY_Z = 6
+# gradients "left over from the previous step", for zero_grad() to clear
+_STALE_GRAD = 0.5
+# One logged event: a network call ('D'/'G': input x, output out) or an
+# optimizer step ('D step'/'G step': both networks' parameters and the stepped
+# network's gradients).
+_Event = collections.namedtuple(
+    '_Event', 'kind x out params grads', defaults=(None,) * 4
+)
 
 
 def _tiny_discriminator():
-    """D(x) = 4 * mean pixel: positive for the bright real images, negative for the fakes."""
+    """D(x) = 4 * mean pixel: positive for the bright real images,
+    negative for the fakes.
+    """
     D = nn.Sequential(nn.Flatten(), nn.Linear(48, 1))
     with torch.no_grad():
         D[1].weight.fill_(4 / 48)
@@ -494,8 +714,12 @@ def _tiny_discriminator():
 
 
 def _tiny_generator():
-    """z (N, 6) -> dark images (N, 3, 4, 4) in [-1, 1], most pixels near -0.9."""
-    G = nn.Sequential(nn.Linear(_TINY_Z, 48), nn.Tanh(), nn.Unflatten(1, _TINY_IMAGE))
+    """z (N, 6) -> dark images (N, 3, 4, 4) in [-1, 1], most pixels
+    near -0.9.
+    """
+    G = nn.Sequential(
+        nn.Linear(_TINY_Z, 48), nn.Tanh(), nn.Unflatten(1, _TINY_IMAGE)
+    )
     with torch.no_grad():
         G[0].weight.normal_(0.0, 0.1)
         G[0].bias.fill_(-1.5)
@@ -503,7 +727,9 @@ def _tiny_generator():
 
 
 class _Recorder(nn.Module):
-    """Wraps a network and appends each call (name, input, output) to a shared log."""
+    """Wraps a network and appends each call (name, input, output)
+    to a shared log.
+    """
 
     def __init__(self, name, net, log):
         super().__init__()
@@ -511,7 +737,9 @@ class _Recorder(nn.Module):
 
     def forward(self, x):
         out = self.net(x)
-        self.log.append(_Event(self.name, x.detach().clone(), out.detach().clone()))
+        self.log.append(
+            _Event(self.name, x.detach().clone(), out.detach().clone())
+        )
         return out
 
 
@@ -521,11 +749,18 @@ def _snapshot(net):
 
 
 def _log_steps(optimizer, kind, net, nets, log):
-    """Log every optimizer.step(): all parameters and net's gradients just before the update."""
+    """Log every optimizer.step(): all parameters and net's gradients
+    just before the update.
+    """
+
     def before_step(optimizer, args, kwargs):
-        grads = [None if p.grad is None else p.grad.detach().clone() for p in net.parameters()]
+        grads = [
+            None if p.grad is None else p.grad.detach().clone()
+            for p in net.parameters()
+        ]
         params = {name: _snapshot(each) for name, each in nets.items()}
         log.append(_Event(kind, params=params, grads=grads))
+
     optimizer.register_step_pre_hook(before_step)
 
 
@@ -539,7 +774,9 @@ def _with_parameters(net, values):
 
 
 def _bce(logits, target):
-    """Mean binary cross-entropy of sigmoid(logits) against a constant target, as a tensor."""
+    """Mean binary cross-entropy of sigmoid(logits) against a constant
+    target, as a tensor.
+    """
     return (F.softplus(logits) - target * logits).mean()
 
 
@@ -551,121 +788,208 @@ def _same(a, b):
 def _two_numbers(result, what):
     """The (d_loss, g_loss) that train_step returned, as two finite floats."""
     hint = 'return d_loss.item(), g_loss.item()'
-    _check(isinstance(result, (tuple, list)) and len(result) == 2,
-           f'{what} returned {type(result).__name__}; expected a pair (d_loss, g_loss) of '
-           f'numbers. Hint: {hint}')
+    _check(
+        isinstance(result, (tuple, list)) and len(result) == 2,
+        f'{what} returned {type(result).__name__}; expected a pair '
+        f'(d_loss, g_loss) of numbers. Hint: {hint}',
+    )
     try:
         numbers = tuple(float(value) for value in result)
     except (TypeError, ValueError, RuntimeError):
-        _fail(f'{what} returned ({", ".join(type(v).__name__ for v in result)}); expected two '
-              f'numbers (d_loss, g_loss). Hint: {hint}')
-    _check(all(map(math.isfinite, numbers)),
-           f'{what} returned {numbers}; expected two finite losses. Hint: {hint}')
+        _fail(
+            f'{what} returned ({", ".join(type(v).__name__ for v in result)}); '
+            f'expected two numbers (d_loss, g_loss). Hint: {hint}'
+        )
+    _check(
+        all(map(math.isfinite, numbers)),
+        f'{what} returned {numbers}; expected two finite losses. Hint: {hint}',
+    )
     return numbers
 
 
 def _check_stepped(name, net, start, log, what):
-    """net's parameters changed, through its optimizer; return the log index of that step."""
+    """net's parameters changed, through its optimizer; return the
+    log index of that step.
+    """
     optimizer = f'{name.lower()}_optimizer'
-    changed = any(not torch.equal(a, b) for a, b in zip(start, net.parameters()))
-    _check(changed,
-           f'{what} left {name}\'s parameters unchanged; expected one update of {name}. Hint: '
-           f'call {optimizer}.zero_grad(), {name.lower()}_loss.backward(), {optimizer}.step().')
-    step = next((i for i, event in enumerate(log) if event.kind == f'{name} step'), None)
-    _check(step is not None,
-           f'{what} changed {name}\'s parameters without calling {optimizer}.step(); expected '
-           f'the optimizer passed in to make the update. Hint: call {optimizer}.step().')
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(start, net.parameters())
+    )
+    _check(
+        changed,
+        f'{what} left {name}\'s parameters unchanged; expected one '
+        f'update of {name}. Hint: call {optimizer}.zero_grad(), '
+        f'{name.lower()}_loss.backward(), {optimizer}.step().',
+    )
+    step = next(
+        (i for i, event in enumerate(log) if event.kind == f'{name} step'), None
+    )
+    _check(
+        step is not None,
+        f'{what} changed {name}\'s parameters without calling '
+        f'{optimizer}.step(); expected the optimizer passed in to make the '
+        f'update. Hint: call {optimizer}.step().',
+    )
     return step
 
 
 def _find_real_call(log, real_images, what):
     """The D call whose input is the real batch scaled to [-1, 1]."""
     calls = [event for event in log if event.kind == 'D']
-    found = next((event for event in calls if _same(event.x, real_images * 2 - 1)), None)
+    found = next(
+        (event for event in calls if _same(event.x, real_images * 2 - 1)), None
+    )
     if found is None:
         unscaled = any(_same(event.x, real_images) for event in calls)
-        seen = '; '.join(f'{_shape(event.x)} in [{event.x.min().item():.2f}, '
-                         f'{event.x.max().item():.2f}]' for event in calls)
-        _fail(f'{what}: D never received the real images scaled to [-1, 1] (real_images in '
-              f'[0.2, 1] should become [-0.6, 1]); D was called on: {seen or "nothing"}. Hint: '
-              + ('call D(scale(real_images)); the loader gives images in [0, 1].' if unscaled
-                 else 'call D on scale(real_images) alone and on the fakes in another call.'))
+        seen = '; '.join(
+            f'{_shape(event.x)} in [{event.x.min().item():.2f}, '
+            f'{event.x.max().item():.2f}]'
+            for event in calls
+        )
+        _fail(
+            f'{what}: D never received the real images scaled to [-1, 1] '
+            f'(real_images in [0.2, 1] should become [-0.6, 1]); D was called '
+            f'on: {seen or "nothing"}. Hint: '
+            + (
+                'call D(scale(real_images)); the loader gives images in [0, 1].'
+                if unscaled
+                else (
+                    'call D on scale(real_images) alone and on the fakes in '
+                    'another call.'
+                )
+            )
+        )
     return found
 
 
 def _check_gradients(loss, net, grads, what, loss_name, hint):
-    """grads (logged at an optimizer step) equal the gradients of loss for net's parameters."""
-    expected = torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
-    dense = [(torch.zeros_like(p) if g is None else g, torch.zeros_like(p) if e is None else e)
-             for p, g, e in zip(net.parameters(), grads, expected)]
+    """grads (logged at an optimizer step) equal the gradients of loss
+    for net's parameters.
+    """
+    expected = torch.autograd.grad(
+        loss, list(net.parameters()), allow_unused=True
+    )
+    dense = [
+        (
+            torch.zeros_like(p) if g is None else g,
+            torch.zeros_like(p) if e is None else e,
+        )
+        for p, g, e in zip(net.parameters(), grads, expected)
+    ]
     error = max((g - e).abs().max().item() for g, e in dense)
     size = max(e.abs().max().item() for _, e in dense)
-    _check(error <= 1e-5 + 1e-4 * size,
-           f'{what}: the gradients differ from those of {loss_name} alone by up to {error:.3g} '
-           f'(largest expected gradient {size:.3g}). Hint: {hint}')
+    _check(
+        error <= 1e-5 + 1e-4 * size,
+        f'{what}: the gradients differ from those of {loss_name} alone by up '
+        f'to {error:.3g} (largest expected gradient {size:.3g}). Hint: {hint}',
+    )
 
 
 def _check_discriminator_step(log, step, real_call, d_loss, smooth, what):
-    """d_loss = real_loss(D(real), smooth) + fake_loss(D(fake)), and D stepped on its gradients."""
-    begin = max((i + 1 for i, e in enumerate(log[:step]) if e.kind.endswith('step')),
-                default=0)  # D's loss comes from the calls since the last optimizer step
-    others = [e for e in log[begin:step] if e.kind == 'D' and e is not real_call]
+    """d_loss = real_loss(D(real), smooth) + fake_loss(D(fake)), and D
+    stepped on its gradients.
+    """
+    # D's loss comes from the calls since the last optimizer step
+    begin = max(
+        (i + 1 for i, e in enumerate(log[:step]) if e.kind.endswith('step')),
+        default=0,
+    )
+    others = [
+        e for e in log[begin:step] if e.kind == 'D' and e is not real_call
+    ]
     real_seen = any(e is real_call for e in log[begin:step])
-    _check(real_seen and len(others) == 1,
-           f'{what}: before d_optimizer.step(), D was called {len(others)} time(s) on images '
-           f'other than the real batch{"" if real_seen else " (and not on it)"}; '
-           f'expected one call on scale(real_images) and one on G\'s images. Hint: '
-           f'd_loss = real_loss(D(real_images), smooth) + fake_loss(D(fake_images.detach())).')
+    _check(
+        real_seen and len(others) == 1,
+        f'{what}: before d_optimizer.step(), D was called '
+        f'{len(others)} time(s) on images other than the real '
+        f'batch{"" if real_seen else " (and not on it)"}; expected '
+        f'one call on scale(real_images) and one on G\'s images. '
+        f'Hint: d_loss = real_loss(D(real_images), smooth) + '
+        f'fake_loss(D(fake_images.detach())).',
+    )
     label = 0.9 if smooth else 1.0
     real, fake = real_call.out, others[0].out
     expected = (_bce(real, label) + _bce(fake, 0.0)).item()
     mistakes = {
-        'real and fake labels swapped': (_bce(real, 0.0) + _bce(fake, label)).item(),
-        'smooth not passed on to real_loss': (_bce(real, 1.0) + _bce(fake, 0.0)).item(),
+        'real and fake labels swapped': (
+            _bce(real, 0.0) + _bce(fake, label)
+        ).item(),
+        'smooth not passed on to real_loss': (
+            _bce(real, 1.0) + _bce(fake, 0.0)
+        ).item(),
         'the average (real + fake) / 2 instead of the sum': expected / 2,
         'real_loss alone': _bce(real, label).item(),
     }
-    _check(math.isclose(d_loss, expected, rel_tol=1e-4, abs_tol=1e-5),
-           f'{what} returned d_loss={d_loss:.5f}; for the outputs D gave, real_loss(D(real), '
-           f'smooth={smooth}) + fake_loss(D(fake)) = {expected:.5f}.'
-           f'{_diagnosis(d_loss, mistakes)} Hint: real images get the real label (real_loss, '
-           f'passing smooth on) and generated images the fake label (fake_loss).')
+    _check(
+        math.isclose(d_loss, expected, rel_tol=1e-4, abs_tol=1e-5),
+        f'{what} returned d_loss={d_loss:.5f}; for the outputs D gave, '
+        f'real_loss(D(real), smooth={smooth}) + fake_loss(D(fake)) = '
+        f'{expected:.5f}.{_diagnosis(d_loss, mistakes)} Hint: real images get '
+        f'the real label (real_loss, passing smooth on) and generated images '
+        f'the fake label (fake_loss).',
+    )
     D = _with_parameters(_tiny_discriminator(), log[step].params['D'])
     loss = _bce(D(real_call.x), label) + _bce(D(others[0].x), 0.0)
-    _check_gradients(loss, D, log[step].grads, f'{what}, D at d_optimizer.step()', 'd_loss',
-                     'call d_optimizer.zero_grad() before d_loss.backward(), to clear the '
-                     'gradients left from the previous step.')
+    _check_gradients(
+        loss,
+        D,
+        log[step].grads,
+        f'{what}, D at d_optimizer.step()',
+        'd_loss',
+        'call d_optimizer.zero_grad() before d_loss.backward(), to clear the '
+        'gradients left from the previous step.',
+    )
 
 
 def _check_generator_step(log, d_step, g_step, g_loss, what):
-    """g_loss = real_loss(D(G(z))) on the updated D, and G stepped on exactly its gradients."""
+    """g_loss = real_loss(D(G(z))) on the updated D, and G stepped on
+    exactly its gradients.
+    """
     made = [e for e in log[:g_step] if e.kind == 'G']
-    judged = [e for e in log[d_step + 1:g_step]
-              if e.kind == 'D' and any(_same(e.x, g.out) for g in made)]
-    _check(judged,
-           f'{what}: D did not judge images from G between d_optimizer.step() and '
-           f'g_optimizer.step(); expected the generator\'s loss to come from the updated D. '
-           f'Hint: after D\'s update, g_loss = real_loss(D(fake_images)), then step G.')
+    judged = [
+        e
+        for e in log[d_step + 1 : g_step]
+        if e.kind == 'D' and any(_same(e.x, g.out) for g in made)
+    ]
+    _check(
+        judged,
+        f'{what}: D did not judge images from G between d_optimizer.step() '
+        f'and g_optimizer.step(); expected the generator\'s loss to '
+        f'come from the updated D. Hint: after D\'s update, g_loss = '
+        f'real_loss(D(fake_images)), then step G.',
+    )
     out = judged[-1].out
     z = next(g.x for g in made if _same(judged[-1].x, g.out))
     expected = _bce(out, 1.0).item()
-    mistakes = {'fake_loss (label 0) instead of real_loss': _bce(out, 0.0).item(),
-                'the smoothed label 0.9 instead of 1': _bce(out, 0.9).item()}
-    _check(math.isclose(g_loss, expected, rel_tol=1e-4, abs_tol=1e-5),
-           f'{what} returned g_loss={g_loss:.5f}; for the outputs D gave on the fakes, '
-           f'real_loss(D(fake)) = {expected:.5f}.{_diagnosis(g_loss, mistakes)} Hint: G wants D '
-           f'to call its images real: g_loss = real_loss(D(fake_images)).')
+    mistakes = {
+        'fake_loss (label 0) instead of real_loss': _bce(out, 0.0).item(),
+        'the smoothed label 0.9 instead of 1': _bce(out, 0.9).item(),
+    }
+    _check(
+        math.isclose(g_loss, expected, rel_tol=1e-4, abs_tol=1e-5),
+        f'{what} returned g_loss={g_loss:.5f}; for the '
+        f'outputs D gave on the fakes, real_loss(D(fake)) = '
+        f'{expected:.5f}.{_diagnosis(g_loss, mistakes)} Hint: G wants D to '
+        f'call its images real: g_loss = real_loss(D(fake_images)).',
+    )
     params = log[g_step].params
     D = _with_parameters(_tiny_discriminator(), params['D'])
     G = _with_parameters(_tiny_generator(), params['G'])
-    _check_gradients(_bce(D(G(z)), 1.0), G, log[g_step].grads,
-                     f'{what}, G at g_optimizer.step()', 'g_loss',
-                     'call g_optimizer.zero_grad() before g_loss.backward(), and use '
-                     'fake_images.detach() in D\'s step.')
+    _check_gradients(
+        _bce(D(G(z)), 1.0),
+        G,
+        log[g_step].grads,
+        f'{what}, G at g_optimizer.step()',
+        'g_loss',
+        'call g_optimizer.zero_grad() before g_loss.backward(), and use '
+        'fake_images.detach() in D\'s step.',
+    )
 
 
 def _check_train_step(train_step, smooth):
-    """Run train_step once on tiny logged networks and check every part of the update."""
+    """Run train_step once on tiny logged networks and check every
+    part of the update.
+    """
     log = []
     D = _Recorder('D', _tiny_discriminator(), log)
     G = _Recorder('G', _tiny_generator(), log)
@@ -677,33 +1001,56 @@ def _check_train_step(train_step, smooth):
     for parameter in [*D.parameters(), *G.parameters()]:
         parameter.grad = torch.full_like(parameter, _STALE_GRAD)
     start = {name: _snapshot(net) for name, net in nets.items()}
-    real_images = 0.2 + 0.8 * torch.rand(8, *_TINY_IMAGE)  # some pixels negative once scaled
+    # some pixels negative once scaled
+    real_images = 0.2 + 0.8 * torch.rand(8, *_TINY_IMAGE)
     given = real_images.clone()
-    what = (f'train_step(D, G, d_optimizer, g_optimizer, real_images, z_size={_TINY_Z}, '
-            f'smooth={smooth})')
-    result = _call(what, 'use the arguments passed in (z_size, networks, optimizers) and make '
-                         'z on real_images.device.',
-                   train_step, D, G, d_optimizer, g_optimizer, real_images, _TINY_Z,
-                   smooth=smooth)
+    what = (
+        f'train_step(D, G, d_optimizer, g_optimizer, real_images, '
+        f'z_size={_TINY_Z}, smooth={smooth})'
+    )
+    result = _call(
+        what,
+        'use the arguments passed in (z_size, networks, optimizers) and make '
+        'z on real_images.device.',
+        train_step,
+        D,
+        G,
+        d_optimizer,
+        g_optimizer,
+        real_images,
+        _TINY_Z,
+        smooth=smooth,
+    )
     d_loss, g_loss = _two_numbers(result, what)
-    _check(torch.equal(real_images, given),
-           f'{what} changed real_images in place; expected the caller\'s batch to stay in '
-           f'[0, 1]. Hint: real_images = scale(real_images) makes a new tensor.')
+    _check(
+        torch.equal(real_images, given),
+        f'{what} changed real_images in place; expected the caller\'s '
+        f'batch to stay in [0, 1]. Hint: real_images = scale(real_images) '
+        f'makes a new tensor.',
+    )
     real_call = _find_real_call(log, given, what)
     d_step = _check_stepped('D', D.net, start['D'], log, what)
     _check_discriminator_step(log, d_step, real_call, d_loss, smooth, what)
     g_step = _check_stepped('G', G.net, start['G'], log, what)
     _check_generator_step(log, d_step, g_step, g_loss, what)
-    frozen = [name for name, net in nets.items()
-              if not all(p.requires_grad for p in net.parameters())]
-    _check(not frozen,
-           f'After {what}, some parameters of {" and ".join(frozen)} no longer require '
-           f'gradients; expected both networks trainable again for the next step. Hint: after '
-           f'the generator update, call D.requires_grad_(True) (in a finally: block).')
+    frozen = [
+        name
+        for name, net in nets.items()
+        if not all(p.requires_grad for p in net.parameters())
+    ]
+    _check(
+        not frozen,
+        f'After {what}, some parameters of {" and ".join(frozen)} no '
+        f'longer require gradients; expected both networks trainable '
+        f'again for the next step. Hint: after the generator update, call '
+        f'D.requires_grad_(True) (in a finally: block).',
+    )
 
 
 @_unit_test
 def test_train_step(train_step):
-    """One D update (real -> 1, fake -> 0) then one G update (fake -> 1), with scaled reals."""
+    """One D update (real -> 1, fake -> 0) then one G update (fake -> 1),
+    with scaled reals.
+    """
     for smooth in (False, True):
         _check_train_step(train_step, smooth)

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: small face-like image folders made on the fly."""
+
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ sys.path.insert(0, str(ROOT))  # tests import helpers, dcgan, problem_unittests
 
 
 def write_jpegs(folder, n, size=64, seed=0):
-    """Write n random-colour JPEGs (size x size) named 000000.jpg, ... into folder."""
+    """Write n random-colour JPEGs (size x size) named 000000.jpg, ... into
+    folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -29,7 +31,8 @@ def write_jpegs(folder, n, size=64, seed=0):
 
 @pytest.fixture
 def face_folder(tmp_path):
-    """An ImageFolder root laid out like the course data: root/celeba/*.jpg (40 images)."""
+    """An ImageFolder root laid out like the course data: root/celeba/*.jpg
+    (40 images)."""
     root = tmp_path / 'processed_celeba_small'
     write_jpegs(root / 'celeba', 40)
     return root

@@ -1,8 +1,11 @@
-"""Tests for helpers.load_faces, the decoded-image cache: same pixels as the course path,
-a cache that is reused, rebuilt when anything changes and never trusted when damaged.
+"""Tests for helpers.load_faces, the decoded-image cache: same pixels as the
+course path, a cache that is reused, rebuilt when anything changes and never
+trusted when damaged.
 
-Small made-up folders only (never the real data); each test decodes a few dozen images.
+Small made-up folders only (never the real data); each test decodes a few
+dozen images.
 """
+
 import os
 import warnings
 from contextlib import contextmanager
@@ -15,13 +18,15 @@ from PIL import Image
 from torchvision import transforms
 
 import helpers
+from facegen import faces
 from conftest import write_jpegs
 
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    """Several chunks even for 40 images, so the thread pool's bookkeeping is exercised."""
-    monkeypatch.setattr(helpers, '_DECODE_CHUNK', 7)
+    """Several chunks even for 40 images, so the thread pool's bookkeeping
+    is exercised."""
+    monkeypatch.setattr(faces, '_DECODE_CHUNK', 7)
 
 
 @pytest.fixture
@@ -31,21 +36,23 @@ def cache_dir(tmp_path):
 
 @pytest.fixture
 def decode_calls(monkeypatch):
-    """A list that gets one entry per real decode of a folder (i.e. per cache miss)."""
+    """A list that gets one entry per real decode of a folder (i.e. per
+    cache miss)."""
     calls = []
-    real = helpers._decode_all
+    real = faces.decode_all
 
     def counting(data_dir, files, size, workers=None):
         calls.append(len(files))
         return real(data_dir, files, size, workers)
 
-    monkeypatch.setattr(helpers, '_decode_all', counting)
+    monkeypatch.setattr(faces, 'decode_all', counting)
     return calls
 
 
 @contextmanager
 def one_warning(match):
-    """Expect exactly one warning during the block, and that it matches `match`."""
+    """Expect exactly one warning during the block, and that it matches
+    `match`."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         yield caught
@@ -63,8 +70,13 @@ def no_warnings():
 
 def course_pixels(path, size):
     """What the course's get_dataloader gives for one file: floats in [0, 1]."""
-    course = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                                 transforms.ToTensor()])
+    course = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+        ]
+    )
     with Image.open(path) as img:
         return course(img.convert('RGB'))
 
@@ -73,8 +85,12 @@ def assert_course_equal(images, paths, size, tolerance=1 / 255):
     assert images.dtype == torch.uint8 and images.is_contiguous()
     assert images.shape == (len(paths), 3, size, size)
     for image, path in zip(images, paths):
-        diff = (image.float() / 255 - course_pixels(path, size)).abs().max().item()
-        assert diff <= tolerance, f'{path.name} differs from the course path by {diff:.4f}'
+        diff = (
+            (image.float() / 255 - course_pixels(path, size)).abs().max().item()
+        )
+        assert diff <= tolerance, (
+            f'{path.name} differs from the course path by {diff:.4f}'
+        )
 
 
 def cache_files(cache_dir):
@@ -82,11 +98,15 @@ def cache_files(cache_dir):
 
 
 def image_files(root):
-    """The visible JPEGs of root/celeba, sorted (pathlib's glob also matches hidden ones)."""
-    return sorted(p for p in (root / 'celeba').glob('*.jpg') if not p.name.startswith('.'))
+    """The visible JPEGs of root/celeba, sorted (pathlib's glob also matches
+    hidden ones)."""
+    return sorted(
+        p for p in (root / 'celeba').glob('*.jpg') if not p.name.startswith('.')
+    )
 
 
-# ---- pixels -----------------------------------------------------------------------------
+# ---- pixels ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('size', [32, 16, 64])
 def test_pixels_match_course_transforms(face_folder, cache_dir, size):
@@ -94,12 +114,19 @@ def test_pixels_match_course_transforms(face_folder, cache_dir, size):
     assert_course_equal(images, image_files(face_folder), size)
 
 
-def test_non_square_and_other_modes_match_course_transforms(tmp_path, cache_dir):
+def test_non_square_and_other_modes_match_course_transforms(
+    tmp_path, cache_dir
+):
     folder = tmp_path / 'odd'
     folder.mkdir()
     rng = np.random.default_rng(1)
-    shapes = {'a_wide.jpg': (50, 80, 3), 'b_tall.jpg': (71, 45, 3), 'c_nearly.png': (64, 63, 3),
-              'd_alpha.png': (40, 40, 4), 'e_grey.png': (33, 48)}
+    shapes = {
+        'a_wide.jpg': (50, 80, 3),
+        'b_tall.jpg': (71, 45, 3),
+        'c_nearly.png': (64, 63, 3),
+        'd_alpha.png': (40, 40, 4),
+        'e_grey.png': (33, 48),
+    }
     paths = []
     for name, shape in shapes.items():
         path = folder / name
@@ -110,21 +137,27 @@ def test_non_square_and_other_modes_match_course_transforms(tmp_path, cache_dir)
 
 
 def test_thread_count_does_not_change_pixels(face_folder):
-    files = helpers._list_faces(face_folder)
-    one, _, _ = helpers._decode_all(face_folder, files, 16, workers=1)
-    three, _, _ = helpers._decode_all(face_folder, files, 16, workers=3)
+    files = faces.list_faces(face_folder)
+    one, _, _ = faces.decode_all(face_folder, files, 16, workers=1)
+    three, _, _ = faces.decode_all(face_folder, files, 16, workers=3)
     assert torch.equal(one, three)
 
 
-# ---- cache reuse and rebuilds -----------------------------------------------------------
+# ---- cache reuse and rebuilds ------------------------------------------------
 
-def test_second_call_is_a_cache_hit(face_folder, cache_dir, decode_calls, capsys):
+
+def test_second_call_is_a_cache_hit(
+    face_folder, cache_dir, decode_calls, capsys
+):
     first = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     assert 'Decoded 40 images at 16x16' in capsys.readouterr().out
     with no_warnings():
         second = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     assert decode_calls == [40]
-    assert 'Loaded 40 decoded images at 16x16 from cache' in capsys.readouterr().out
+    assert (
+        'Loaded 40 decoded images at 16x16 from cache'
+        in capsys.readouterr().out
+    )
     assert torch.equal(first, second) and second.is_contiguous()
 
 
@@ -134,20 +167,23 @@ def test_cache_file_layout(face_folder, cache_dir):
     assert name.startswith('faces-') and '-16px-all-' in name
     state = torch.load(cache_dir / name, weights_only=True)
     assert set(state) == {'version', 'key', 'files', 'images', 'checksum'}
-    assert state['files'] == [f'celeba/{p.name}' for p in image_files(face_folder)]
+    assert state['files'] == [
+        f'celeba/{p.name}' for p in image_files(face_folder)
+    ]
     assert torch.equal(state['images'], images)
-    assert state['checksum'] == helpers._checksum(images)
+    assert state['checksum'] == faces.checksum(images)
     assert state['key'] in name
 
 
 def test_default_cache_sits_beside_the_data(face_folder):
     helpers.load_faces(face_folder, 16)
-    assert len(cache_files(face_folder.parent / helpers.CACHE_DIR_NAME)) == 1
-    assert not (face_folder / helpers.CACHE_DIR_NAME).exists()
+    assert len(cache_files(face_folder.parent / faces.CACHE_DIR_NAME)) == 1
+    assert not (face_folder / faces.CACHE_DIR_NAME).exists()
 
 
 def replace_first_file_keeping_its_time(root):
-    """New pixels and size, old mtime: as after `cp -p` or rsync of another image."""
+    """New pixels and size, old mtime: as after `cp -p` or rsync of another
+    image."""
     path = image_files(root)[0]
     info = path.stat()
     write_jpegs(path.parent, 1, seed=99, size=48)  # rewrites 000000.jpg
@@ -169,10 +205,18 @@ def remove_last_file(root):
     image_files(root)[-1].unlink()
 
 
-@pytest.mark.parametrize('change', [replace_first_file_keeping_its_time, touch_first_file,
-                                    add_file, remove_last_file])
-def test_changed_files_rebuild_and_replace_the_cache(face_folder, cache_dir, decode_calls,
-                                                     change):
+@pytest.mark.parametrize(
+    'change',
+    [
+        replace_first_file_keeping_its_time,
+        touch_first_file,
+        add_file,
+        remove_last_file,
+    ],
+)
+def test_changed_files_rebuild_and_replace_the_cache(
+    face_folder, cache_dir, decode_calls, change
+):
     helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     before = cache_files(cache_dir)
     change(face_folder)
@@ -184,28 +228,38 @@ def test_changed_files_rebuild_and_replace_the_cache(face_folder, cache_dir, dec
     assert len(after) == 1 and after != before  # the stale file was deleted
 
 
-def test_size_and_count_have_caches_of_their_own(face_folder, cache_dir, decode_calls):
+def test_size_and_count_have_caches_of_their_own(
+    face_folder, cache_dir, decode_calls
+):
     helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     helpers.load_faces(face_folder, 8, cache_dir=cache_dir)
     helpers.load_faces(face_folder, 16, n_images=10, cache_dir=cache_dir)
     assert decode_calls == [40, 40, 10]
     assert len(cache_files(cache_dir)) == 3
-    helpers.load_faces(face_folder, 8, cache_dir=cache_dir)  # still there: a hit
+    # still there: a hit
+    helpers.load_faces(face_folder, 8, cache_dir=cache_dir)
     assert len(decode_calls) == 3
 
 
-def test_n_images_takes_the_first_sorted_files(face_folder, cache_dir, decode_calls):
+def test_n_images_takes_the_first_sorted_files(
+    face_folder, cache_dir, decode_calls
+):
     write_jpegs(face_folder / 'aaa', 2, seed=3)  # sorts before celeba/
-    images = helpers.load_faces(face_folder, 16, n_images=5, cache_dir=cache_dir)
+    images = helpers.load_faces(
+        face_folder, 16, n_images=5, cache_dir=cache_dir
+    )
     assert decode_calls == [5]
-    paths = sorted(face_folder.rglob('*.jpg'), key=lambda p: p.relative_to(face_folder))
+    paths = sorted(
+        face_folder.rglob('*.jpg'), key=lambda p: p.relative_to(face_folder)
+    )
     assert_course_equal(images, paths[:5], 16)
 
 
-# ---- damaged caches ---------------------------------------------------------------------
+# ---- damaged caches ----------------------------------------------------------
+
 
 def truncate(path, images):
-    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def random_bytes(path, images):
@@ -221,24 +275,34 @@ def flip_image_byte(path, images):
 
 
 def edit(**changes):
-    """A damage that rewrites fields of a valid cache file (checksum kept consistent)."""
+    """A damage that rewrites fields of a valid cache file (checksum kept
+    consistent)."""
+
     def damage(path, images):
         state = torch.load(path, weights_only=True)
         state.update(changes)
         if 'images' in changes:
-            state['checksum'] = helpers._checksum(state['images'])
+            state['checksum'] = faces.checksum(state['images'])
         torch.save(state, path)
+
     damage.__name__ = 'edit_' + '_'.join(changes)
     return damage
 
 
-@pytest.mark.parametrize('damage', [
-    truncate, random_bytes, flip_image_byte,
-    edit(key='0' * 12), edit(version=0),
-    edit(images=torch.zeros(40, 3, 16, 16, dtype=torch.int16)),
-    edit(images=torch.zeros(40, 3, 8, 8, dtype=torch.uint8)),
-    edit(images=torch.zeros(39, 3, 16, 16, dtype=torch.uint8)),
-], ids=lambda damage: damage.__name__)
+@pytest.mark.parametrize(
+    'damage',
+    [
+        truncate,
+        random_bytes,
+        flip_image_byte,
+        edit(key='0' * 12),
+        edit(version=0),
+        edit(images=torch.zeros(40, 3, 16, 16, dtype=torch.int16)),
+        edit(images=torch.zeros(40, 3, 8, 8, dtype=torch.uint8)),
+        edit(images=torch.zeros(39, 3, 16, 16, dtype=torch.uint8)),
+    ],
+    ids=lambda damage: damage.__name__,
+)
 def test_damaged_cache_is_rebuilt(face_folder, cache_dir, decode_calls, damage):
     good = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     (name,) = cache_files(cache_dir)
@@ -252,25 +316,27 @@ def test_damaged_cache_is_rebuilt(face_folder, cache_dir, decode_calls, damage):
     assert len(decode_calls) == 2
 
 
-def test_unwritable_cache_warns_and_still_returns_images(face_folder, cache_dir, monkeypatch,
-                                                         capsys):
+def test_unwritable_cache_warns_and_still_returns_images(
+    face_folder, cache_dir, monkeypatch, capsys
+):
     def refuse(path, state):
         raise PermissionError(13, 'Permission denied', str(path))
 
-    monkeypatch.setattr(helpers, 'save_checkpoint', refuse)
+    monkeypatch.setattr(faces, 'save_checkpoint', refuse)
     with one_warning('Could not write the decoded-image cache'):
         images = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     assert_course_equal(images, image_files(face_folder), 16)
     assert '(not cached)' in capsys.readouterr().out
 
 
-# ---- folders and files ------------------------------------------------------------------
+# ---- folders and files -------------------------------------------------------
+
 
 def test_flat_folder_of_images(tmp_path):
     paths = write_jpegs(tmp_path / 'flat', 6)
     images = helpers.load_faces(tmp_path / 'flat', 16)
     assert_course_equal(images, paths, 16)
-    assert len(cache_files(tmp_path / helpers.CACHE_DIR_NAME)) == 1
+    assert len(cache_files(tmp_path / faces.CACHE_DIR_NAME)) == 1
 
 
 def test_hidden_files_and_folders_are_ignored(face_folder, cache_dir):
@@ -294,17 +360,24 @@ def test_extensions_in_any_case_count_and_others_do_not(tmp_path, cache_dir):
 def test_unreadable_files_are_skipped_with_one_warning(face_folder, cache_dir):
     celeba = face_folder / 'celeba'
     jpeg = (celeba / '000001.jpg').read_bytes()
-    (celeba / '000001.jpg').write_bytes(jpeg[:len(jpeg) // 2])   # cut short
-    (celeba / '000030.jpg').write_text('this is a text file')     # wrong content
-    (celeba / '000031.png').write_bytes(b'')                      # empty
+    (celeba / '000001.jpg').write_bytes(jpeg[: len(jpeg) // 2])  # cut short
+    (celeba / '000030.jpg').write_text('this is a text file')  # wrong content
+    (celeba / '000031.png').write_bytes(b'')  # empty
     with one_warning('Skipped 3 unreadable image file(s)') as caught:
         images = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
     for name in ('000001.jpg', '000030.jpg', '000031.png'):
         assert name in str(caught[0].message)
-    good = [p for p in image_files(face_folder) if p.name not in ('000001.jpg', '000030.jpg')]
+    good = [
+        p
+        for p in image_files(face_folder)
+        if p.name not in ('000001.jpg', '000030.jpg')
+    ]
     assert_course_equal(images, good, 16)
-    with no_warnings():  # the cache holds the good images only: no warning next time
-        assert torch.equal(helpers.load_faces(face_folder, 16, cache_dir=cache_dir), images)
+    # the cache holds the good images only: no warning next time
+    with no_warnings():
+        assert torch.equal(
+            helpers.load_faces(face_folder, 16, cache_dir=cache_dir), images
+        )
 
 
 def test_warning_names_at_most_five_files(face_folder, cache_dir):
@@ -322,7 +395,9 @@ def test_all_unreadable_raises(tmp_path, cache_dir):
     folder.mkdir()
     for name in ('a.jpg', 'b.png'):
         (folder / name).write_text('no pixels here')
-    with pytest.raises(ValueError, match=r'None of the 2 image files in .*junk'):
+    with pytest.raises(
+        ValueError, match=r'None of the 2 image files in .*junk'
+    ):
         helpers.load_faces(folder, 16, cache_dir=cache_dir)
     assert cache_files(cache_dir) == []
 

@@ -1,6 +1,7 @@
-"""The notebook's first code cell on a faked Colab: asks for the project as one zip when
-its files are missing, works from the unpacked folder, says how to get a GPU, and does
-nothing anywhere else."""
+"""The notebook's first code cell on a faked Colab: asks for the project as one
+zip when its files are missing, works from the unpacked folder, says how to get
+a GPU, and does nothing anywhere else."""
+
 import io
 import json
 import os
@@ -15,13 +16,18 @@ import export
 
 def colab_cell():
     cells = json.loads(export.NOTEBOOK.read_text(encoding='utf-8'))['cells']
-    source = ''.join(next(c for c in cells if c['cell_type'] == 'code')['source'])
-    assert 'google.colab' in source, 'the first code cell should be the Colab cell'
+    source = ''.join(
+        next(c for c in cells if c['cell_type'] == 'code')['source']
+    )
+    assert 'google.colab' in source, (
+        'the first code cell should be the Colab cell'
+    )
     return source
 
 
 def project_zip(names):
-    """A zip laid out like GitHub's download: one top folder holding the files."""
+    """A zip laid out like GitHub's download: one top folder holding the
+    files."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w') as archive:
         for name in names:
@@ -31,10 +37,13 @@ def project_zip(names):
 
 @pytest.fixture
 def fake_colab(monkeypatch):
-    """google.colab in sys.modules; files.upload returns what the test puts in uploads."""
+    """google.colab in sys.modules; files.upload returns what the test puts
+    in uploads."""
     uploads, calls = {}, []
     colab = types.ModuleType('google.colab')
-    colab.files = types.SimpleNamespace(upload=lambda: calls.append(1) or uploads)
+    colab.files = types.SimpleNamespace(
+        upload=lambda: calls.append(1) or uploads
+    )
     google = types.ModuleType('google')
     google.colab = colab
     monkeypatch.setitem(sys.modules, 'google', google)
@@ -49,13 +58,19 @@ def run_cell(folder, monkeypatch, cuda):
     exec(compile(colab_cell(), 'colab cell', 'exec'), {})
 
 
-def test_the_uploaded_project_is_unpacked_and_used(fake_colab, tmp_path, monkeypatch, capsys):
+def test_the_uploaded_project_is_unpacked_and_used(
+    fake_colab, tmp_path, monkeypatch, capsys
+):
     uploads, calls = fake_colab
-    uploads['facegen-main.zip'] = project_zip(['helpers.py', 'metrics/__init__.py'])
+    uploads['facegen-main.zip'] = project_zip(
+        ['helpers.py', 'metrics/__init__.py']
+    )
     run_cell(tmp_path, monkeypatch, cuda=True)
     top = tmp_path / 'project' / 'facegen-main'
     assert calls == [1] and os.getcwd() == str(top)
-    assert sys.path[0] == str(top) and (top / 'metrics' / '__init__.py').exists()
+    assert (
+        sys.path[0] == str(top) and (top / 'metrics' / '__init__.py').exists()
+    )
     out = capsys.readouterr().out
     assert 'Upload the project as one zip' in out and 'GPU' not in out
 
@@ -67,7 +82,9 @@ def test_a_zip_without_the_project_is_named(fake_colab, tmp_path, monkeypatch):
         run_cell(tmp_path, monkeypatch, cuda=True)
 
 
-def test_nothing_is_asked_when_the_files_are_there(fake_colab, tmp_path, monkeypatch, capsys):
+def test_nothing_is_asked_when_the_files_are_there(
+    fake_colab, tmp_path, monkeypatch, capsys
+):
     _, calls = fake_colab
     (tmp_path / 'helpers.py').write_text('')
     run_cell(tmp_path, monkeypatch, cuda=False)

@@ -1,9 +1,12 @@
-"""Tests for the latent-space explorer in helpers.py: paths, seeded z, grid and widgets.
+"""Tests for the latent-space explorer in helpers.py: paths, seeded z, grid and
+widgets.
 
-A tiny generator defined here stands in for the DCGAN one, so these tests stay fast and
-do not depend on dcgan.py. It has batch norm, so a forward pass in training mode would
-change its running statistics: that is how the tests see whether eval mode was used.
+A tiny generator defined here stands in for the DCGAN one, so these tests stay
+fast and do not depend on dcgan.py. It has batch norm, so a forward pass in
+training mode would change its running statistics: that is how the tests see
+whether eval mode was used.
 """
+
 import sys
 import types
 
@@ -17,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 import helpers  # noqa: E402
+from facegen import explorer  # noqa: E402
 
 Z_SIZE = 16
 IMAGE_SIZE = 8
@@ -28,9 +32,11 @@ class TinyGenerator(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(Z_SIZE, 3 * IMAGE_SIZE * IMAGE_SIZE),
-                                    nn.BatchNorm1d(3 * IMAGE_SIZE * IMAGE_SIZE),
-                                    nn.Tanh())
+        self.layers = nn.Sequential(
+            nn.Linear(Z_SIZE, 3 * IMAGE_SIZE * IMAGE_SIZE),
+            nn.BatchNorm1d(3 * IMAGE_SIZE * IMAGE_SIZE),
+            nn.Tanh(),
+        )
 
     def forward(self, z):
         return self.layers(z).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -56,33 +62,45 @@ def state_copy(model):
 
 
 def assert_same_state(model, before):
-    """Fail, naming the entry, when model's parameters or buffers differ from before."""
+    """Fail, naming the entry, when model's parameters or buffers differ
+    from before."""
     for name, value in model.state_dict().items():
-        assert torch.equal(value, before[name]), f'G.{name} changed; use eval mode, no_grad'
+        assert torch.equal(value, before[name]), (
+            f'G.{name} changed; use eval mode, no_grad'
+        )
 
 
 def faked_kernel(monkeypatch):
     """Make the explorer believe it runs in a Jupyter kernel."""
-    monkeypatch.setattr(helpers, '_in_kernel', lambda: True)
+    monkeypatch.setattr(explorer, '_in_kernel', lambda: True)
 
 
 def explorer_parts(box):
-    """(controls by description, [face image, strip image]) of an explorer box."""
+    """(controls by description, [face image, strip image]) of an explorer
+    box."""
     import ipywidgets as widgets
+
     controls, face, strip = box.children
-    named = {w.description: w for row in controls.children for w in row.children}
+    named = {
+        w.description: w for row in controls.children for w in row.children
+    }
     assert isinstance(face, widgets.Image) and isinstance(strip, widgets.Image)
     return named, face, strip
 
 
-# --- latent_path -------------------------------------------------------------------------
+# --- latent_path --------------------------------------------------------------
+
 
 def test_latent_path_shape_and_ends():
     start, end = helpers.seeded_z(1, Z_SIZE), helpers.seeded_z(2, Z_SIZE)
     path = helpers.latent_path(start, end, 7)
     assert path.shape == (7, Z_SIZE) and path.dtype == torch.float32
-    assert torch.allclose(path[0], start[0], atol=1e-6), 'the path must start at z_start'
-    assert torch.allclose(path[-1], end[0], atol=1e-6), 'the path must end at z_end'
+    assert torch.allclose(path[0], start[0], atol=1e-6), (
+        'the path must start at z_start'
+    )
+    assert torch.allclose(path[-1], end[0], atol=1e-6), (
+        'the path must end at z_end'
+    )
 
 
 def test_latent_path_accepts_one_dimensional_vectors():
@@ -98,23 +116,35 @@ def test_latent_path_is_spherical_not_linear():
     path = helpers.latent_path(start, end, 9)
     norms = path.norm(dim=1)
     low, high = sorted((start.norm().item(), end.norm().item()))
-    assert norms.min() >= low - 1e-4 and norms.max() <= high + 1e-4, \
-        f'norms {norms.tolist()} leave [{low:.3f}, {high:.3f}]: the path dips inside the sphere'
-    # Slerp turns the direction at a constant rate: the middle point is equally far
-    # (in angle) from both ends, and its norm is well above the straight line's.
+    assert norms.min() >= low - 1e-4 and norms.max() <= high + 1e-4, (
+        f'norms {norms.tolist()} leave [{low:.3f}, {high:.3f}]: '
+        'the path dips inside the sphere'
+    )
+    # Slerp turns the direction at a constant rate: the middle point is
+    # equally far (in angle) from both ends, and its norm is well above the
+    # straight line's.
     middle = path[4]
-    assert torch.isclose(torch.cosine_similarity(middle, start, dim=0),
-                         torch.cosine_similarity(middle, end, dim=0), atol=1e-5)
+    assert torch.isclose(
+        torch.cosine_similarity(middle, start, dim=0),
+        torch.cosine_similarity(middle, end, dim=0),
+        atol=1e-5,
+    )
     assert middle.norm() > ((start + end) / 2).norm() * 1.1
 
 
-@pytest.mark.parametrize('factor', [2.0, -1.0], ids=['parallel', 'antiparallel'])
+@pytest.mark.parametrize(
+    'factor', [2.0, -1.0], ids=['parallel', 'antiparallel']
+)
 def test_latent_path_falls_back_to_a_line_for_parallel_ends(factor):
     start = torch.randn(Z_SIZE)
     end = start * factor
     path = helpers.latent_path(start, end, 5)
-    line = torch.stack([(1 - t) * start + t * end for t in torch.linspace(0, 1, 5)])
-    assert torch.isfinite(path).all(), 'parallel ends gave NaN or inf: fall back to a line'
+    line = torch.stack(
+        [(1 - t) * start + t * end for t in torch.linspace(0, 1, 5)]
+    )
+    assert torch.isfinite(path).all(), (
+        'parallel ends gave NaN or inf: fall back to a line'
+    )
     assert torch.allclose(path, line, atol=1e-5)
 
 
@@ -127,7 +157,8 @@ def test_latent_path_rejects_bad_input():
         helpers.latent_path(torch.randn(2, Z_SIZE), torch.randn(2, Z_SIZE), 4)
 
 
-# --- seeded_z ----------------------------------------------------------------------------
+# --- seeded_z -----------------------------------------------------------------
+
 
 def test_seeded_z_is_reproducible_and_seed_dependent():
     z = helpers.seeded_z(7, Z_SIZE)
@@ -141,13 +172,17 @@ def test_seeded_z_leaves_the_global_random_state_alone():
     expected = torch.rand(4)
     torch.manual_seed(123)
     helpers.seeded_z(5, Z_SIZE)
-    assert torch.equal(torch.rand(4), expected), 'seeded_z reseeded or drew from torch RNG'
+    assert torch.equal(torch.rand(4), expected), (
+        'seeded_z reseeded or drew from torch RNG'
+    )
 
 
-# --- interpolation_grid ------------------------------------------------------------------
+# --- interpolation_grid -------------------------------------------------------
+
 
 def grid_rows(fig):
-    """Rows of faces in a figure drawn by show_images (padding 2 around each face)."""
+    """Rows of faces in a figure drawn by show_images (padding 2 around each
+    face)."""
     height = fig.axes[0].images[0].get_array().shape[0]
     return (height - 2) // (IMAGE_SIZE + 2)
 
@@ -155,21 +190,32 @@ def grid_rows(fig):
 @pytest.mark.parametrize('seeds', [(0, 1), (4, 2, 9, 1)])
 def test_interpolation_grid_draws_one_row_per_seed_pair(G, tmp_path, seeds):
     path = tmp_path / 'out' / 'walk.png'
-    fig = helpers.interpolation_grid(G, Z_SIZE, seeds, steps=5, path=path, title='walk')
+    fig = helpers.interpolation_grid(
+        G, Z_SIZE, seeds, steps=5, path=path, title='walk'
+    )
     assert isinstance(fig, Figure)
     assert grid_rows(fig) == len(seeds) - 1
-    assert fig.axes[0].images[0].get_array().shape[1] == 5 * (IMAGE_SIZE + 2) + 2
+    assert (
+        fig.axes[0].images[0].get_array().shape[1] == 5 * (IMAGE_SIZE + 2) + 2
+    )
     assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_interpolation_grid_rows_start_and_end_at_the_seeds(G):
     outputs = []
-    G.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    G.register_forward_hook(
+        lambda module, inputs, output: outputs.append(output)
+    )
     G.eval()
     helpers.interpolation_grid(G, Z_SIZE, (3, 5, 3), steps=4)
-    # Rows 3 -> 5 and 5 -> 3 of 4 faces: faces 0, 3, 4, 7 are the seeds' own faces.
-    expected = G.layers(torch.cat([helpers.seeded_z(s, Z_SIZE) for s in (3, 5, 5, 3)]))
-    assert torch.allclose(outputs[0][[0, 3, 4, 7]].flatten(1), expected, atol=1e-5)
+    # Rows 3 -> 5 and 5 -> 3 of 4 faces: faces 0, 3, 4, 7 are the seeds' own
+    # faces.
+    expected = G.layers(
+        torch.cat([helpers.seeded_z(s, Z_SIZE) for s in (3, 5, 5, 3)])
+    )
+    assert torch.allclose(
+        outputs[0][[0, 3, 4, 7]].flatten(1), expected, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize('training', [True, False])
@@ -182,9 +228,13 @@ def test_interpolation_grid_leaves_G_as_it_was(G, training):
 
 
 def test_generate_returns_cpu_images_without_gradients(G):
-    images = helpers.generate(G, helpers.latent_path(torch.randn(Z_SIZE),
-                                                      torch.randn(Z_SIZE), 3))
-    assert images.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE) and images.device.type == 'cpu'
+    images = helpers.generate(
+        G, helpers.latent_path(torch.randn(Z_SIZE), torch.randn(Z_SIZE), 3)
+    )
+    assert (
+        images.shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
+        and images.device.type == 'cpu'
+    )
     assert not images.requires_grad, 'G must run under torch.no_grad()'
 
 
@@ -193,15 +243,21 @@ def test_interpolation_grid_needs_two_seeds(G):
         helpers.interpolation_grid(G, Z_SIZE, (0,))
 
 
-# --- explore -----------------------------------------------------------------------------
+# --- explore ------------------------------------------------------------------
+
 
 def test_kernel_detection(monkeypatch):
     import IPython
-    assert not helpers._in_kernel(), 'pytest is not a Jupyter kernel'
+
+    assert not explorer._in_kernel(), 'pytest is not a Jupyter kernel'
     monkeypatch.setattr(IPython, 'get_ipython', lambda: types.SimpleNamespace())
-    assert not helpers._in_kernel(), 'terminal IPython (no kernel) cannot show widgets'
-    monkeypatch.setattr(IPython, 'get_ipython', lambda: types.SimpleNamespace(kernel=1))
-    assert helpers._in_kernel()
+    assert not explorer._in_kernel(), (
+        'terminal IPython (no kernel) cannot show widgets'
+    )
+    monkeypatch.setattr(
+        IPython, 'get_ipython', lambda: types.SimpleNamespace(kernel=1)
+    )
+    assert explorer._in_kernel()
 
 
 def test_explore_outside_a_kernel_draws_the_grid(G, capsys):
@@ -213,13 +269,17 @@ def test_explore_outside_a_kernel_draws_the_grid(G, capsys):
 
 def test_explore_without_ipywidgets_draws_the_grid(G, capsys, monkeypatch):
     faked_kernel(monkeypatch)
-    monkeypatch.setitem(sys.modules, 'ipywidgets', None)  # import raises ImportError
+    # import raises ImportError
+    monkeypatch.setitem(sys.modules, 'ipywidgets', None)
     assert isinstance(helpers.explore(G, Z_SIZE), Figure)
     assert 'needs Jupyter with ipywidgets' in capsys.readouterr().out
 
 
-def test_explore_in_a_kernel_returns_widgets_that_update(G, monkeypatch, capsys):
+def test_explore_in_a_kernel_returns_widgets_that_update(
+    G, monkeypatch, capsys
+):
     import ipywidgets as widgets
+
     faked_kernel(monkeypatch)
     G.train()
     before = state_copy(G)
@@ -229,17 +289,22 @@ def test_explore_in_a_kernel_returns_widgets_that_update(G, monkeypatch, capsys)
     controls, face, strip = explorer_parts(box)
     slider = controls['position']
     assert (slider.min, slider.max, slider.value) == (0, 5, 0)
-    assert bytes(face.value).startswith(PNG_SIGNATURE)  # the widget stores a memoryview
+    # the widget stores a memoryview
+    assert bytes(face.value).startswith(PNG_SIGNATURE)
     assert bytes(strip.value).startswith(PNG_SIGNATURE)
 
     first_face, first_strip = face.value, strip.value
     slider.value = 5
-    assert face.value != first_face, 'moving the slider must change the face shown'
+    assert face.value != first_face, (
+        'moving the slider must change the face shown'
+    )
     assert strip.value != first_strip, 'the strip must mark the slider position'
 
     end_face = face.value
     controls['end seed'].value = 9
-    assert face.value != end_face, 'a new end seed must change the face at the end'
+    assert face.value != end_face, (
+        'a new end seed must change the face at the end'
+    )
     assert G.training
     assert_same_state(G, before)
 

@@ -1,11 +1,16 @@
 """Tests for helpers.py: data preparation, run setup, pictures and checkpoints.
 
-No network: the download is tested by replacing helpers._fetch.
+No network: the download is tested with a fake pooch downloader, and once
+for real against an HTTP server on this machine (127.0.0.1).
 """
+
 import argparse
+import functools
 import hashlib
+import http.server
 import os
 import random
+import threading
 import zipfile
 from pathlib import Path
 
@@ -15,12 +20,14 @@ matplotlib.use('Agg')  # before pyplot is imported anywhere: no display in tests
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import requests  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 import helpers  # noqa: E402
+from facegen import fetch  # noqa: E402
 from conftest import write_jpegs  # noqa: E402
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -35,8 +42,11 @@ def clean_env(monkeypatch):
     matplotlib.pyplot.close('all')
 
 
-def make_zip(root, zip_path, top='processed_celeba_small', compression=zipfile.ZIP_STORED):
-    """Zip root's image subfolders as top/<sub>/<file>, like the course archive."""
+def make_zip(
+    root, zip_path, top='processed_celeba_small', compression=zipfile.ZIP_STORED
+):
+    """Zip root's image subfolders as top/<sub>/<file>, like the course
+    archive."""
     with zipfile.ZipFile(zip_path, 'w', compression) as zf:
         for file in sorted(Path(root).rglob('*')):
             if file.is_file():
@@ -46,13 +56,15 @@ def make_zip(root, zip_path, top='processed_celeba_small', compression=zipfile.Z
 
 @pytest.fixture
 def course_zip(face_folder, tmp_path):
-    """A small archive laid out like the course one: processed_celeba_small/celeba/*.jpg."""
+    """A small archive laid out like the course one:
+    processed_celeba_small/celeba/*.jpg."""
     (tmp_path / 'src').mkdir()
     return make_zip(face_folder, tmp_path / 'src' / 'faces.zip')
 
 
 def leftovers(folder, keep=()):
-    """Names in folder other than those in keep (temp folders, .part files, ...)."""
+    """Names in folder other than those in keep (temp folders, .part files,
+    ...)."""
     return sorted(p.name for p in Path(folder).iterdir() if p.name not in keep)
 
 
@@ -60,9 +72,10 @@ def fail_if_called(*args, **kwargs):
     raise AssertionError('this should not have been called')
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # quick_mode, count_images
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('value', ['1', 'true', 'TRUE', 'Yes', ' yes '])
 def test_quick_mode_on(monkeypatch, value):
@@ -79,7 +92,9 @@ def test_quick_mode_off(monkeypatch, value):
 
 def test_quick_mode_rejects_unknown_value(monkeypatch):
     monkeypatch.setenv('FACEGEN_QUICK', 'ture')
-    with pytest.raises(ValueError, match=r'FACEGEN_QUICK.*ture(.|\n)*1, true, yes'):
+    with pytest.raises(
+        ValueError, match=r'FACEGEN_QUICK.*ture(.|\n)*1, true, yes'
+    ):
         helpers.quick_mode()
 
 
@@ -87,15 +102,17 @@ def test_count_images_is_recursive_and_ignores_other_files(tmp_path):
     write_jpegs(tmp_path / 'a', 3)
     write_jpegs(tmp_path / 'a' / 'deeper', 2)
     Image.new('RGB', (4, 4)).save(tmp_path / 'b.PNG')
-    (tmp_path / 'c.jpeg').write_bytes(b'')  # counted by name, as ImageFolder would
+    # counted by name, as ImageFolder would
+    (tmp_path / 'c.jpeg').write_bytes(b'')
     (tmp_path / 'notes.txt').write_text('not an image')
     assert helpers.count_images(tmp_path) == 7
     assert helpers.count_images(tmp_path / 'missing') == 0
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # prepare_data: folders
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 def test_prepare_data_uses_root_folder_in_place(face_folder, tmp_path, capsys):
     data_dir = tmp_path / 'unused'
@@ -106,13 +123,17 @@ def test_prepare_data_uses_root_folder_in_place(face_folder, tmp_path, capsys):
 
 
 def test_prepare_data_accepts_the_image_folder_itself(face_folder, tmp_path):
-    root = helpers.prepare_data(tmp_path / 'unused', source=face_folder / 'celeba')
-    assert Path(root).resolve() == face_folder.resolve()
+    # Images may sit at any depth: the folder named is the folder used.
+    root = helpers.prepare_data(
+        tmp_path / 'unused', source=face_folder / 'celeba'
+    )
+    assert Path(root).resolve() == (face_folder / 'celeba').resolve()
+    assert len(helpers.load_faces(root, 8)) == 40
 
 
 def test_prepare_data_reads_source_from_env(face_folder, tmp_path, monkeypatch):
     monkeypatch.setenv('FACEGEN_DATA', str(face_folder))
-    monkeypatch.setattr(helpers, '_fetch', fail_if_called)
+    monkeypatch.setattr(fetch, '_downloader', fail_if_called)
     assert helpers.prepare_data(tmp_path / 'unused') == face_folder
 
 
@@ -123,36 +144,53 @@ def test_prepare_data_folder_without_images_is_refused(tmp_path):
         helpers.prepare_data(tmp_path / 'data', source=empty)
 
 
-def test_prepare_data_refuses_flat_folder_with_siblings(tmp_path):
-    write_jpegs(tmp_path / 'faces', 2)
-    (tmp_path / 'other').mkdir()  # would become a second class of ImageFolder(tmp_path)
-    with pytest.raises(ValueError, match='other'):
-        helpers.prepare_data(tmp_path / 'data', source=tmp_path / 'faces')
+def test_prepare_data_takes_a_flat_folder_beside_other_folders(tmp_path):
+    # Reported bug: FACEGEN_DATA=~/Downloads/faces was refused because its
+    # parent held other folders. Nothing needs ImageFolder's layout now.
+    write_jpegs(tmp_path / 'faces', 20)
+    (tmp_path / 'other').mkdir()
+    write_jpegs(tmp_path / 'more_photos', 5, seed=1)
+    root = helpers.prepare_data(tmp_path / 'data', source=tmp_path / 'faces')
+    assert Path(root) == tmp_path / 'faces'
+    assert len(helpers.load_faces(root, 8)) == 20  # only the folder named
+    assert not (tmp_path / 'data').exists()
 
 
-def test_prepare_data_refuses_root_with_empty_class_folder(face_folder, tmp_path):
-    (face_folder / '.ipynb_checkpoints').mkdir()
-    with pytest.raises(ValueError, match='ipynb_checkpoints'):
-        helpers.prepare_data(tmp_path / 'data', source=face_folder)
+def test_prepare_data_takes_images_at_any_depth(tmp_path):
+    write_jpegs(tmp_path / 'mine' / 'a', 3)
+    write_jpegs(tmp_path / 'mine' / 'b' / 'c', 4, seed=1)
+    (tmp_path / 'mine' / '.ipynb_checkpoints').mkdir()  # ignored, not refused
+    root = helpers.prepare_data(tmp_path / 'data', source=tmp_path / 'mine')
+    assert len(helpers.load_faces(root, 8)) == 7
 
 
 def test_prepare_data_missing_source_names_path_and_variable(tmp_path):
     missing = tmp_path / 'nowhere.zip'
-    with pytest.raises(FileNotFoundError, match=f'{missing}(.|\n)*FACEGEN_DATA'):
+    with pytest.raises(
+        FileNotFoundError, match=f'{missing}(.|\n)*FACEGEN_DATA'
+    ):
         helpers.prepare_data(tmp_path / 'data', source=missing)
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # prepare_data: zip archives
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 def test_prepare_data_extracts_zip_onto_data_dir(course_zip, tmp_path):
-    data_dir = tmp_path / 'faces'  # any name: the archive's top folder maps onto it
+    # any name: the archive's top folder maps onto it
+    data_dir = tmp_path / 'faces'
     root = helpers.prepare_data(data_dir, source=course_zip)
     assert root == data_dir
-    assert sorted(p.name for p in data_dir.iterdir()) == ['celeba']
+    visible = sorted(
+        p.name for p in data_dir.iterdir() if not p.name.startswith('.')
+    )
+    assert visible == ['celeba']
     assert helpers.count_images(data_dir / 'celeba') == 40
-    assert leftovers(tmp_path, keep={'faces', 'src', 'processed_celeba_small'}) == []
+    assert (
+        leftovers(tmp_path, keep={'faces', 'src', 'processed_celeba_small'})
+        == []
+    )
     assert course_zip.exists()  # a user's own archive is never deleted
 
 
@@ -160,23 +198,31 @@ def test_prepare_data_default_data_dir(course_zip, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / 'src')
     root = helpers.prepare_data(source=course_zip)
     assert helpers.count_images(Path(root) / 'celeba') == 40
-    assert Path(root).resolve() == (tmp_path / 'src' / 'processed_celeba_small').resolve()
+    assert (
+        Path(root).resolve()
+        == (tmp_path / 'src' / 'processed_celeba_small').resolve()
+    )
 
 
 def test_prepare_data_accepts_zip_of_the_image_folder(face_folder, tmp_path):
-    archive = make_zip(face_folder / 'celeba', tmp_path / 'celeba.zip', top='celeba')
+    archive = make_zip(
+        face_folder / 'celeba', tmp_path / 'celeba.zip', top='celeba'
+    )
     root = helpers.prepare_data(tmp_path / 'faces', source=archive)
     assert helpers.count_images(Path(root) / 'celeba') == 40
 
 
-def test_prepare_data_second_call_does_nothing(course_zip, tmp_path, monkeypatch, capsys):
+def test_prepare_data_second_call_does_nothing(
+    course_zip, tmp_path, monkeypatch, capsys
+):
     data_dir = tmp_path / 'faces'
     helpers.prepare_data(data_dir, source=course_zip)
     capsys.readouterr()
-    monkeypatch.setattr(helpers, '_extract_archive', fail_if_called)
-    monkeypatch.setattr(helpers, '_fetch', fail_if_called)
+    monkeypatch.setattr(fetch, '_extract_archive', fail_if_called)
+    monkeypatch.setattr(fetch, '_downloader', fail_if_called)
     assert helpers.prepare_data(data_dir, source=course_zip) == data_dir
-    assert helpers.prepare_data(data_dir) == data_dir  # no source: still no download
+    # no source: still no download
+    assert helpers.prepare_data(data_dir) == data_dir
     out = capsys.readouterr().out
     assert f'40 images in {data_dir}' in out
 
@@ -189,8 +235,10 @@ def test_prepare_data_refuses_non_zip_file(tmp_path):
     assert leftovers(tmp_path) == ['faces.zip']
 
 
-@pytest.mark.parametrize('bad_name', ['../evil.jpg', 'processed_celeba_small/../../evil.jpg',
-                                      '/tmp/evil.jpg'])
+@pytest.mark.parametrize(
+    'bad_name',
+    ['../evil.jpg', 'processed_celeba_small/../../evil.jpg', '/tmp/evil.jpg'],
+)
 def test_prepare_data_refuses_escaping_entries(face_folder, tmp_path, bad_name):
     archive = make_zip(face_folder, tmp_path / 'evil.zip')
     with zipfile.ZipFile(archive, 'a') as zf:
@@ -213,7 +261,8 @@ def test_prepare_data_truncated_zip_leaves_nothing(course_zip, tmp_path):
 
 
 def test_prepare_data_damaged_member_rolls_back(face_folder, tmp_path):
-    # Corrupt the bytes of the 21st image: its CRC check fails half-way through extraction.
+    # Corrupt the bytes of the 21st image: its CRC check fails half-way
+    # through extraction.
     archive = make_zip(face_folder, tmp_path / 'faces.zip')
     data = bytearray(archive.read_bytes())
     start = data.find((face_folder / 'celeba' / '000020.jpg').read_bytes())
@@ -224,10 +273,13 @@ def test_prepare_data_damaged_member_rolls_back(face_folder, tmp_path):
     data_dir = tmp_path / 'out' / 'faces'
     with pytest.raises(ValueError, match='damaged'):
         helpers.prepare_data(data_dir, source=archive)
-    assert leftovers(tmp_path / 'out') == []  # neither data_dir nor the temp folder
+    # neither data_dir nor the temp folder
+    assert leftovers(tmp_path / 'out') == []
 
 
-def test_prepare_data_refuses_to_overwrite_unrelated_folder(course_zip, tmp_path):
+def test_prepare_data_refuses_to_overwrite_unrelated_folder(
+    course_zip, tmp_path
+):
     data_dir = tmp_path / 'faces'
     data_dir.mkdir()
     (data_dir / 'notes.txt').write_text('mine')
@@ -243,31 +295,45 @@ def test_prepare_data_fills_an_empty_data_dir(course_zip, tmp_path):
     assert helpers.count_images(data_dir / 'celeba') == 40
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # prepare_data: download (helpers._fetch replaced; no network)
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def fake_download(course_zip, monkeypatch):
-    """Serve course_zip's bytes as 'the' archive; replies[i] overrides the i-th fetch."""
+    """Serve course_zip's bytes as 'the' archive through a fake pooch
+    downloader; replies[i] overrides the i-th download (bytes, or an
+    exception raised after a partial file was written)."""
     good = course_zip.read_bytes()
-    monkeypatch.setattr(helpers, 'DATA_SHA256', hashlib.sha256(good).hexdigest())
+    monkeypatch.setattr(fetch, 'DATA_SHA256', hashlib.sha256(good).hexdigest())
+    # the retry wait
+    monkeypatch.setattr(pooch_core(), 'sleep', lambda seconds: None)
     calls = []
 
     def install(*replies):
-        def fetch(url, dest):
-            calls.append(Path(dest))
-            assert url == helpers.DATA_URL
-            assert Path(dest).name.endswith('.part')
-            reply = replies[len(calls) - 1] if len(calls) <= len(replies) else good
+        def download(url, output_file, pooch_instance):
+            calls.append(Path(output_file))
+            assert url == fetch.DATA_URL
+            reply = (
+                replies[len(calls) - 1] if len(calls) <= len(replies) else good
+            )
             if isinstance(reply, BaseException):
-                Path(dest).write_bytes(good[:1000])  # a partial file, then the error
+                Path(output_file).write_bytes(good[:1000])  # partial, then fail
                 raise reply
-            Path(dest).write_bytes(reply)
-        monkeypatch.setattr(helpers, '_fetch', fetch)
+            Path(output_file).write_bytes(reply)
+
+        monkeypatch.setattr(fetch, '_downloader', lambda: download)
         return calls
+
     install.good = good
     return install
+
+
+def pooch_core():
+    import pooch.core
+
+    return pooch.core.time
 
 
 def test_download_succeeds_and_removes_archive(fake_download, tmp_path):
@@ -276,23 +342,23 @@ def test_download_succeeds_and_removes_archive(fake_download, tmp_path):
     data_dir = tmp_path / 'dl' / 'faces'
     assert helpers.prepare_data(data_dir) == data_dir
     assert len(calls) == 1
-    assert calls[0].parent == data_dir.parent  # the .part file sits beside data_dir
+    # the partial file sits beside data_dir
+    assert calls[0].parent == data_dir.parent
     assert helpers.count_images(data_dir / 'celeba') == 40
     assert leftovers(tmp_path / 'dl') == ['faces']
 
 
-def test_download_retries_once_after_truncation(fake_download, tmp_path, capsys):
+def test_download_retries_once_after_truncation(fake_download, tmp_path):
     calls = fake_download(fake_download.good[:5000])
     data_dir = tmp_path / 'dl' / 'faces'
     helpers.prepare_data(data_dir)
     assert len(calls) == 2
-    assert 'Trying once more' in capsys.readouterr().out
     assert helpers.count_images(data_dir / 'celeba') == 40
     assert leftovers(tmp_path / 'dl') == ['faces']
 
 
 def test_download_retries_once_after_connection_error(fake_download, tmp_path):
-    calls = fake_download(ConnectionResetError('peer reset'))
+    calls = fake_download(requests.ConnectionError('peer reset'))
     data_dir = tmp_path / 'dl' / 'faces'
     helpers.prepare_data(data_dir)
     assert len(calls) == 2
@@ -317,16 +383,53 @@ def test_download_interrupted_by_user_leaves_nothing(fake_download, tmp_path):
     assert leftovers(tmp_path / 'dl') == []
 
 
-def test_fetch_copies_a_url_to_a_file(course_zip, tmp_path):
-    # A file:// URL runs the real _fetch (urllib, chunks, progress bar) without a network.
-    dest = tmp_path / 'copy.zip.part'
-    helpers._fetch(course_zip.as_uri(), dest)
-    assert dest.read_bytes() == course_zip.read_bytes()
+@pytest.fixture
+def http_server(course_zip):
+    """The test archive served over HTTP on 127.0.0.1 (a real download
+    through pooch's HTTP downloader, without leaving this machine)."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(course_zip.parent)
+    )
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_port}'
+    server.shutdown()
+    server.server_close()
 
 
-# ---------------------------------------------------------------------------------------
+def test_real_download_over_http_checks_the_hash(
+    http_server, course_zip, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(fetch, 'DATA_URL', f'{http_server}/{course_zip.name}')
+    monkeypatch.setattr(
+        fetch,
+        'DATA_SHA256',
+        hashlib.sha256(course_zip.read_bytes()).hexdigest(),
+    )
+    data_dir = tmp_path / 'dl' / 'faces'
+    assert helpers.prepare_data(data_dir) == data_dir
+    assert helpers.count_images(data_dir) == 40
+    assert leftovers(tmp_path / 'dl') == ['faces']
+
+
+def test_real_download_of_a_changed_file_is_refused(
+    http_server, course_zip, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(fetch, 'DATA_URL', f'{http_server}/{course_zip.name}')
+    monkeypatch.setattr(fetch, 'DATA_SHA256', '0' * 64)
+    monkeypatch.setattr(pooch_core(), 'sleep', lambda seconds: None)
+    (tmp_path / 'dl').mkdir()
+    with pytest.raises(RuntimeError, match='failed twice'):
+        helpers.prepare_data(tmp_path / 'dl' / 'faces')
+    assert leftovers(tmp_path / 'dl') == []
+
+
+# ------------------------------------------------------------------------------
 # Run setup
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 def draw_random():
     return random.random(), np.random.rand(), torch.rand(3).tolist()
@@ -339,7 +442,8 @@ def test_seed_everything_repeats_all_generators(capsys):
     assert draw_random() == first
     helpers.seed_everything(124)
     other = draw_random()
-    assert all(a != b for a, b in zip(other, first))  # each generator was reseeded
+    # each generator was reseeded
+    assert all(a != b for a, b in zip(other, first))
     assert capsys.readouterr().out.count('123') == 2
 
 
@@ -351,7 +455,9 @@ def test_choose_device_cpu(monkeypatch, capsys):
 
 def test_choose_device_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU 9000')
+    monkeypatch.setattr(
+        torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU 9000'
+    )
     assert helpers.choose_device().type == 'cuda'
     assert 'Fake GPU 9000' in capsys.readouterr().out
 
@@ -363,18 +469,22 @@ def test_count_parameters_counts_trainable_only():
     assert helpers.count_parameters(model) == 5
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Pictures
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 def assert_png(path):
     assert Path(path).read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_show_images_maps_value_range(tmp_path):
-    images = torch.zeros(4, 3, 8, 8, dtype=torch.float16)  # 0 is mid-grey in [-1, 1]
+    # 0 is mid-grey in [-1, 1]
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.float16)
     path = tmp_path / 'deep' / 'grid.png'
-    fig = helpers.show_images(images, nrow=2, value_range=(-1, 1), title='t', path=path)
+    fig = helpers.show_images(
+        images, nrow=2, value_range=(-1, 1), title='t', path=path
+    )
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert ax.get_title() == 't' and not ax.axison
@@ -386,7 +496,9 @@ def test_show_images_maps_value_range(tmp_path):
 
 def test_show_images_default_range_is_unit(tmp_path):
     fig = helpers.show_images(torch.full((1, 3, 4, 4), 0.25))
-    assert np.allclose(np.asarray(fig.axes[0].images[0].get_array())[2:6, 2:6], 0.25)
+    assert np.allclose(
+        np.asarray(fig.axes[0].images[0].get_array())[2:6, 2:6], 0.25
+    )
 
 
 def test_show_images_rejects_single_image():
@@ -395,13 +507,19 @@ def test_show_images_rejects_single_image():
 
 
 def test_plot_losses_draws_raw_and_smoothed(tmp_path):
-    losses = {'D': list(np.linspace(1.4, 0.6, 200)), 'G': list(np.linspace(0.7, 2.0, 200))}
+    losses = {
+        'D': list(np.linspace(1.4, 0.6, 200)),
+        'G': list(np.linspace(0.7, 2.0, 200)),
+    }
     path = tmp_path / 'losses.png'
     fig = helpers.plot_losses(losses, path=path)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert ax.get_xlabel() == 'batch' and ax.get_ylabel() == 'loss'
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['discriminator', 'generator']
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        'discriminator',
+        'generator',
+    ]
     lengths = sorted(len(line.get_xdata()) for line in ax.get_lines())
     assert lengths == [197, 197, 200, 200]  # window 200 // 50 = 4
     assert_png(path)
@@ -421,7 +539,9 @@ def test_save_image_grid_writes_png(tmp_path):
     with Image.open(path) as picture:
         assert picture.size == (8 * 10 + 2, 2 * 10 + 2)
         assert picture.getpixel((5, 5)) == (255, 255, 255)
-    helpers.save_image_grid(-torch.ones(2, 3, 8, 8), path, nrow=2, value_range=(-1, 1))
+    helpers.save_image_grid(
+        -torch.ones(2, 3, 8, 8), path, nrow=2, value_range=(-1, 1)
+    )
     with Image.open(path) as picture:
         assert picture.size == (2 * 10 + 2, 10 + 2)
         assert picture.getpixel((5, 5)) == (0, 0, 0)
@@ -432,7 +552,12 @@ def test_samples_over_epochs_picks_even_rows(tmp_path):
     path = tmp_path / 'progress.png'
     fig = helpers.samples_over_epochs(samples, path=path, max_rows=4)
     assert isinstance(fig, Figure)
-    assert [ax.get_ylabel() for ax in fig.axes] == ['epoch 1', 'epoch 4', 'epoch 7', 'epoch 10']
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        'epoch 1',
+        'epoch 4',
+        'epoch 7',
+        'epoch 10',
+    ]
     width = np.asarray(fig.axes[0].images[0].get_array()).shape[1]
     assert width == 8 * 10 + 2  # first 8 images of each epoch
     assert_png(path)
@@ -440,23 +565,35 @@ def test_samples_over_epochs_picks_even_rows(tmp_path):
 
 def test_samples_over_epochs_all_rows_when_few():
     fig = helpers.samples_over_epochs([torch.zeros(3, 3, 8, 8)] * 3)
-    assert [ax.get_ylabel() for ax in fig.axes] == ['epoch 1', 'epoch 2', 'epoch 3']
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        'epoch 1',
+        'epoch 2',
+        'epoch 3',
+    ]
     with pytest.raises(ValueError, match='empty'):
         helpers.samples_over_epochs([])
 
 
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Checkpoints
-# ---------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+
 
 def example_state():
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=2e-4, betas=(0.5, 0.999)
+    )
     model(torch.randn(3, 4)).sum().backward()
     optimizer.step()
     return {
-        'config': {'lr': 2e-4, 'betas': (0.5, 0.999), 'name': 'run', 'flags': [True, None]},
+        'config': {
+            'lr': 2e-4,
+            'betas': (0.5, 0.999),
+            'name': 'run',
+            'flags': [True, None],
+        },
         'epoch': 3,
         'G': model.state_dict(),
         'opt_G': optimizer.state_dict(),
@@ -487,11 +624,13 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     def broken_save(obj, f, *args, **kwargs):
         f.write(b'half a checkpoint')
         raise OSError('disk full')
+
     monkeypatch.setattr(torch, 'save', broken_save)
     with pytest.raises(OSError, match='disk full'):
         helpers.save_checkpoint(path, {'epoch': 2})
     monkeypatch.undo()
-    assert helpers.load_checkpoint(path) == {'epoch': 1}  # the old one is intact
+    # the old one is intact
+    assert helpers.load_checkpoint(path) == {'epoch': 1}
     assert os.listdir(tmp_path) == ['ckpt.pt']
 
 
@@ -505,7 +644,9 @@ def test_load_checkpoint_damaged_file(tmp_path, damage):
     path = tmp_path / 'ckpt.pt'
     helpers.save_checkpoint(path, example_state())
     data = path.read_bytes()
-    path.write_bytes(b'\x00garbage' * 50 if damage == 'garbage' else data[: len(data) // 2])
+    path.write_bytes(
+        b'\x00garbage' * 50 if damage == 'garbage' else data[: len(data) // 2]
+    )
     with pytest.raises(RuntimeError, match=f'{path}(.|\n)*Delete it'):
         helpers.load_checkpoint(path)
 
@@ -513,5 +654,7 @@ def test_load_checkpoint_damaged_file(tmp_path, damage):
 def test_load_checkpoint_explains_pickled_objects(tmp_path):
     path = tmp_path / 'ckpt.pt'
     torch.save({'config': argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(helpers.CheckpointError, match=r'plain values(.|\n)*vars\(args\)'):
+    with pytest.raises(
+        helpers.CheckpointError, match=r'plain values(.|\n)*vars\(args\)'
+    ):
         helpers.load_checkpoint(path)

@@ -1,4 +1,6 @@
-"""The committed notebook is set up so that nbval really checks every exercise."""
+"""The committed notebook is set up so that nbval really checks every
+exercise."""
+
 import json
 import re
 from pathlib import Path
@@ -16,13 +18,21 @@ def code_cells():
 
 
 def stdout_of(cell):
-    return ''.join(''.join(out['text']) for out in cell.get('outputs', [])
-                   if out['output_type'] == 'stream' and out['name'] == 'stdout')
+    return ''.join(
+        ''.join(out['text'])
+        for out in cell.get('outputs', [])
+        if out['output_type'] == 'stream' and out['name'] == 'stdout'
+    )
 
 
 def test_every_check_cell_is_compared_against_tests_passed():
-    """nbval --nbval-lax compares only marked cells, and only against saved output."""
-    checks = [cell for cell in code_cells() if 'tests.test_' in ''.join(cell['source'])]
+    """nbval --nbval-lax compares only marked cells, and only against saved
+    output."""
+    checks = [
+        cell
+        for cell in code_cells()
+        if 'tests.test_' in ''.join(cell['source'])
+    ]
     assert len(checks) >= 8
     for cell in checks:
         source = ''.join(cell['source'])
@@ -33,29 +43,48 @@ def test_every_check_cell_is_compared_against_tests_passed():
 
 def test_every_problem_unittest_is_called_in_the_notebook():
     import problem_unittests
-    called = set(re.findall(r'tests\.(test_\w+)\(',
-                            ''.join(''.join(c['source']) for c in code_cells())))
-    defined = {name for name in dir(problem_unittests) if name.startswith('test_')}
+
+    called = set(
+        re.findall(
+            r'tests\.(test_\w+)\(',
+            ''.join(''.join(c['source']) for c in code_cells()),
+        )
+    )
+    defined = {
+        name for name in dir(problem_unittests) if name.startswith('test_')
+    }
     assert called == defined
 
 
 def test_committed_notebook_shows_a_full_run():
-    """Readers of the notebook and its HTML see a real run, not quick mode or an error."""
+    """Readers of the notebook and its HTML see a real run, not quick mode or
+    an error."""
     cells = code_cells()
     counts = [cell.get('execution_count') for cell in cells]
-    assert counts == list(range(1, len(cells) + 1)), \
-        'the notebook was not run top to bottom in one go: run it all before committing it'
-    errors = [out for cell in cells for out in cell.get('outputs', [])
-              if out['output_type'] == 'error']
+    assert counts == list(range(1, len(cells) + 1)), (
+        'the notebook was not run top to bottom in one go: '
+        'run it all before committing it'
+    )
+    errors = [
+        out
+        for cell in cells
+        for out in cell.get('outputs', [])
+        if out['output_type'] == 'error'
+    ]
     assert not errors
     printed = ''.join(stdout_of(cell) for cell in cells)
     assert 'Quick mode' not in printed
-    assert re.search(r'^epoch (\d+)/\1: ', printed, flags=re.M), 'training did not finish'
+    assert re.search(r'^epoch (\d+)/\1: ', printed, flags=re.M), (
+        'training did not finish'
+    )
 
 
 def test_published_generator_matches_the_committed_run():
-    """assets/generator.pt is the committed run's generator, with the score it printed."""
-    G, info = helpers.load_generator(ROOT / 'assets' / 'generator.pt', dcgan.Generator)
+    """assets/generator.pt is the committed run's generator, with the score
+    it printed."""
+    G, info = helpers.load_generator(
+        ROOT / 'assets' / 'generator.pt', dcgan.Generator
+    )
     printed = '\n'.join(stdout_of(cell) for cell in code_cells())
     assert f"SWD {info['score']['swd']:.2f} for" in printed
     assert f"floor {info['score']['floor']:.2f}" in printed
@@ -63,11 +92,21 @@ def test_published_generator_matches_the_committed_run():
     faces = helpers.sample_faces(G, info['config']['z_size'], 4)
     size = info['config']['image_size']
     assert faces.shape == (4, 3, size, size)
-    assert faces.float().std() > 20, 'the published generator should draw faces, not a flat image'
+    assert faces.float().std() > 20, (
+        'the published generator should draw faces, not a flat image'
+    )
     assert (ROOT / 'assets' / 'generator.pt').stat().st_size < 5 * 2**20
 
 
 def test_result_pictures_are_committed():
-    for name in ('real_faces.png', 'losses.png', 'samples_over_epochs.png', 'samples.gif',
-                 'generated_faces.png', 'scores.png', 'nearest_pairs.png', 'interpolation.png'):
+    for name in (
+        'real_faces.png',
+        'losses.png',
+        'samples_over_epochs.png',
+        'samples.gif',
+        'generated_faces.png',
+        'scores.png',
+        'nearest_pairs.png',
+        'interpolation.png',
+    ):
         assert (ROOT / 'assets' / name).stat().st_size > 1000, name

@@ -1,39 +1,52 @@
-"""problem_unittests.py passes the reference exercises (dcgan.py) and catches wrong ones.
+"""problem_unittests.py passes the reference exercises (dcgan.py)
+and catches wrong ones.
 
-Each mutant below is a deliberately wrong implementation, named <exercise>-<mistake>. It must
-make the matching problem_unittests function raise an AssertionError whose message contains
-`match` (a phrase of the check meant to catch it, so a mutant cannot pass by failing an
-earlier check) and a hint, and 'Tests Passed' must not be printed. Checks and their mutants:
+Each mutant below is a deliberately wrong implementation, named
+<exercise>-<mistake>. It must make the matching problem_unittests function raise
+an AssertionError whose message contains `match` (a phrase of the check meant to
+catch it, so a mutant cannot pass by failing an earlier check) and a hint, and
+'Tests Passed' must not be printed. Checks and their mutants:
 
-  get_dataloader  DataLoader returned: returns_dataset; (images, labels): images_only;
-                  float32: float64, uint8; shape: ignores_batch_size, ignores_image_size,
-                  one_channel; range in [0, 1]: scaled_0_255, normalized_to_minus1_1,
-                  divided_by_255_twice; shuffled: not_shuffled; errors: ignores_data_dir
-  scale           values: ignores_feature_range, clamps, offset_by_high; shape: flattens;
-                  dtype: float64; tensor: returns_numpy; input untouched: in_place
-  Discriminator   shape (N, 1): flat_output, sixteen_outputs; logits: sigmoid_output;
-                  no pooling: max_pool; batch norm: no_batch_norm; gradient to input:
-                  detaches_input; parameters: no_parameters; errors: built_for_64
-  Generator       shape: image_size_64, image_size_16; range/negatives: sigmoid_output,
-                  no_tanh; range whatever the weights: no_tanh_small_init; z used: ignores_z;
-                  batch norm: no_batch_norm; errors: ignores_z_size
-  weights init    mean: mean_0_02; std: std_0_2, std_passed_as_mean, uniform_0_02,
-                  does_nothing, conv2d_only; normal shape: uniform_same_std; biases:
-                  biases_left_random; batch norm untouched: batch_norm_reinitialised;
-                  errors: bias_none_unchecked
-  real_loss/      value: labels_swapped, sigmoid_twice, smoothing_ignored, smoothing_as_0_1,
-  fake_loss       smoothing_inverted, smoothed_fakes, sum, mse; scalar: unreduced, item;
-                  gradient: detached; errors: no_smooth_argument
-  build_optim...  pair: returns_one; Adam: sgd, adamw; lr: fixed_lr; betas: default_betas;
-                  parameters: g_on_D_params, swapped, first_parameter_only, both_nets_in_d
-  train_step      two numbers: returns_nothing; input untouched: scales_in_place; scaled
-                  reals: no_scaling, real_and_fake_concatenated; D stepped: no_d_step;
-                  D calls: d_loss_real_only; d_loss: labels_swapped, ignores_smooth,
-                  averaged_d_loss; D gradients: no_d_zero_grad; G stepped: no_g_step;
-                  D judges again: g_step_first; g_loss: fake_loss_for_g, smoothed_g_labels;
-                  G gradients: no_g_zero_grad, zero_grad_once_no_detach; errors:
+  get_dataloader  DataLoader returned: returns_dataset; (images, labels):
+                  images_only; float32: float64, uint8; shape:
+                  ignores_batch_size, ignores_image_size, one_channel;
+                  range in [0, 1]: scaled_0_255, normalized_to_minus1_1,
+                  divided_by_255_twice; shuffled: not_shuffled; errors:
+                  ignores_data_dir
+  scale           values: ignores_feature_range, clamps, offset_by_high; shape:
+                  flattens; dtype: float64; tensor: returns_numpy; input
+                  untouched: in_place
+  Discriminator   shape (N, 1): flat_output, sixteen_outputs; logits:
+                  sigmoid_output; no pooling: max_pool; batch norm:
+                  no_batch_norm; gradient to input: detaches_input; parameters:
+                  no_parameters; errors: built_for_64
+  Generator       shape: image_size_64, image_size_16; range/negatives:
+                  sigmoid_output, no_tanh; range whatever the weights:
+                  no_tanh_small_init; z used: ignores_z; batch norm:
+                  no_batch_norm; errors: ignores_z_size
+  weights init    mean: mean_0_02; std: std_0_2, std_passed_as_mean,
+                  uniform_0_02, does_nothing, conv2d_only; normal shape:
+                  uniform_same_std; biases: biases_left_random; batch norm
+                  untouched: batch_norm_reinitialised; errors:
+                  bias_none_unchecked
+  real_loss/      value: labels_swapped, sigmoid_twice, smoothing_ignored,
+  fake_loss       smoothing_as_0_1, smoothing_inverted, smoothed_fakes, sum,
+                  mse; scalar: unreduced, item; gradient: detached; errors:
+                  no_smooth_argument
+  build_optim...  pair: returns_one; Adam: sgd, adamw; lr: fixed_lr; betas:
+                  default_betas; parameters: g_on_D_params, swapped,
+                  first_parameter_only, both_nets_in_d
+  train_step      two numbers: returns_nothing; input untouched:
+                  scales_in_place; scaled reals: no_scaling,
+                  real_and_fake_concatenated; D stepped: no_d_step; D calls:
+                  d_loss_real_only; d_loss: labels_swapped, ignores_smooth,
+                  averaged_d_loss; D gradients: no_d_zero_grad; G stepped:
+                  no_g_step; D judges again: g_step_first; g_loss:
+                  fake_loss_for_g, smoothed_g_labels; G gradients:
+                  no_g_zero_grad, zero_grad_once_no_detach; errors:
                   hardcoded_z_size; trainable afterwards: d_left_frozen
 """
+
 import ast
 import functools
 import re
@@ -69,15 +82,19 @@ def run_unit_test(name, implementation):
 
 
 def mutants(name, *entries):
-    """pytest params (name, implementation, match) with ids '<exercise>-<mistake>'."""
+    """pytest params (name, implementation, match) with ids
+    '<exercise>-<mistake>'.
+    """
     exercise = name.removeprefix('test_')
-    return [pytest.param(name, impl, match, id=f'{exercise}-{mistake}')
-            for mistake, impl, match in entries]
+    return [
+        pytest.param(name, impl, match, id=f'{exercise}-{mistake}')
+        for mistake, impl, match in entries
+    ]
 
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # get_dataloader: the reference loader, changed in one way
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 class Mapped(Dataset):
@@ -94,47 +111,115 @@ class Mapped(Dataset):
         return self.fn(image), label
 
 
-def loader_mutant(fn=None, shuffle=True, batch_size=None, image_size=None, collate_fn=None):
-    """A get_dataloader that wraps the reference: images changed by fn, fixed sizes, ..."""
-    def get_dataloader(batch_size_, image_size_, data_dir='processed_celeba_small/'):
-        reference = dcgan.get_dataloader(batch_size or batch_size_, image_size or image_size_,
-                                         data_dir=data_dir)
-        dataset = reference.dataset if fn is None else Mapped(reference.dataset, fn)
-        return DataLoader(dataset, batch_size=reference.batch_size, shuffle=shuffle,
-                          collate_fn=collate_fn)
+def loader_mutant(
+    fn=None, shuffle=True, batch_size=None, image_size=None, collate_fn=None
+):
+    """A get_dataloader that wraps the reference: images changed by fn,
+    fixed sizes, ...
+    """
+
+    def get_dataloader(
+        batch_size_, image_size_, data_dir='processed_celeba_small/'
+    ):
+        reference = dcgan.get_dataloader(
+            batch_size or batch_size_,
+            image_size or image_size_,
+            data_dir=data_dir,
+        )
+        dataset = (
+            reference.dataset if fn is None else Mapped(reference.dataset, fn)
+        )
+        return DataLoader(
+            dataset,
+            batch_size=reference.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate_fn,
+        )
+
     return get_dataloader
 
 
-def course_get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/'):
-    """The course's own approach: ImageFolder decoding every file with transforms."""
-    transform = transforms.Compose([transforms.Resize(image_size),
-                                    transforms.CenterCrop(image_size), transforms.ToTensor()])
-    return DataLoader(datasets.ImageFolder(data_dir, transform), batch_size=batch_size,
-                      shuffle=True)
+def course_get_dataloader(
+    batch_size, image_size, data_dir='processed_celeba_small/'
+):
+    """The course's own approach: ImageFolder decoding every
+    file with transforms.
+    """
+    transform = transforms.Compose(
+        [
+            transforms.Resize(image_size),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+        ]
+    )
+    return DataLoader(
+        datasets.ImageFolder(data_dir, transform),
+        batch_size=batch_size,
+        shuffle=True,
+    )
 
 
 LOADER_MUTANTS = mutants(
     'test_get_dataloader',
-    ('returns_dataset', lambda b, s, data_dir: dcgan.get_dataloader(b, s, data_dir).dataset,
-     'expected a torch DataLoader'),
-    ('images_only', loader_mutant(collate_fn=lambda items: torch.stack([i for i, _ in items])),
-     'expected (images, labels) pairs'),
+    (
+        'returns_dataset',
+        lambda b, s, data_dir: dcgan.get_dataloader(b, s, data_dir).dataset,
+        'expected a torch DataLoader',
+    ),
+    (
+        'images_only',
+        loader_mutant(
+            collate_fn=lambda items: torch.stack([i for i, _ in items])
+        ),
+        'expected (images, labels) pairs',
+    ),
     ('float64', loader_mutant(lambda x: x.double()), 'expected torch.float32'),
-    ('uint8', loader_mutant(lambda x: (x * 255).to(torch.uint8)), 'expected torch.float32'),
-    ('ignores_batch_size', loader_mutant(batch_size=10), 'yielded images of shape (10, 3'),
-    ('ignores_image_size', loader_mutant(image_size=64), 'yielded images of shape (8, 3, 64'),
-    ('one_channel', loader_mutant(lambda x: x[:1]), 'yielded images of shape (8, 1'),
-    ('scaled_0_255', loader_mutant(lambda x: x * 255), 'values look like 0..255'),
-    ('normalized_to_minus1_1', loader_mutant(lambda x: x * 2 - 1), 'do not normalise'),
+    (
+        'uint8',
+        loader_mutant(lambda x: (x * 255).to(torch.uint8)),
+        'expected torch.float32',
+    ),
+    (
+        'ignores_batch_size',
+        loader_mutant(batch_size=10),
+        'yielded images of shape (10, 3',
+    ),
+    (
+        'ignores_image_size',
+        loader_mutant(image_size=64),
+        'yielded images of shape (8, 3, 64',
+    ),
+    (
+        'one_channel',
+        loader_mutant(lambda x: x[:1]),
+        'yielded images of shape (8, 1',
+    ),
+    (
+        'scaled_0_255',
+        loader_mutant(lambda x: x * 255),
+        'values look like 0..255',
+    ),
+    (
+        'normalized_to_minus1_1',
+        loader_mutant(lambda x: x * 2 - 1),
+        'do not normalise',
+    ),
     ('divided_by_255_twice', loader_mutant(lambda x: x / 255), 'not twice'),
-    ('not_shuffled', loader_mutant(shuffle=False), 'started with the same batch'),
-    ('ignores_data_dir', lambda b, s, data_dir: dcgan.get_dataloader(b, s, 'no_such_folder/'),
-     'raised FileNotFoundError'),
+    (
+        'not_shuffled',
+        loader_mutant(shuffle=False),
+        'started with the same batch',
+    ),
+    (
+        'ignores_data_dir',
+        lambda b, s, data_dir: dcgan.get_dataloader(b, s, 'no_such_folder/'),
+        'raised FileNotFoundError',
+    ),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # scale
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def in_place_scale(x, feature_range=(-1, 1)):
@@ -145,22 +230,46 @@ def in_place_scale(x, feature_range=(-1, 1)):
 
 SCALE_MUTANTS = mutants(
     'test_scale',
-    ('ignores_feature_range', lambda x, feature_range=(-1, 1): x * 2 - 1, 'expected [-0.5, 0.75'),
-    ('clamps', lambda x, feature_range=(-1, 1): dcgan.scale(x, feature_range).clamp(-1, 1),
-     'expected [-0.5, 0.75'),
-    ('offset_by_high', lambda x, feature_range=(-1, 1): x * 2 + feature_range[1], 'mapped'),
-    ('flattens', lambda x, feature_range=(-1, 1): dcgan.scale(x, feature_range).flatten(),
-     'returned shape (96,)'),
-    ('float64', lambda x, feature_range=(-1, 1): dcgan.scale(x.double(), feature_range),
-     'returned dtype torch.float64'),
-    ('returns_numpy', lambda x, feature_range=(-1, 1): dcgan.scale(x, feature_range).numpy(),
-     'expected a torch.Tensor'),
+    (
+        'ignores_feature_range',
+        lambda x, feature_range=(-1, 1): x * 2 - 1,
+        'expected [-0.5, 0.75',
+    ),
+    (
+        'clamps',
+        lambda x, feature_range=(-1, 1): dcgan.scale(x, feature_range).clamp(
+            -1, 1
+        ),
+        'expected [-0.5, 0.75',
+    ),
+    (
+        'offset_by_high',
+        lambda x, feature_range=(-1, 1): x * 2 + feature_range[1],
+        'mapped',
+    ),
+    (
+        'flattens',
+        lambda x, feature_range=(-1, 1): dcgan.scale(
+            x, feature_range
+        ).flatten(),
+        'returned shape (96,)',
+    ),
+    (
+        'float64',
+        lambda x, feature_range=(-1, 1): dcgan.scale(x.double(), feature_range),
+        'returned dtype torch.float64',
+    ),
+    (
+        'returns_numpy',
+        lambda x, feature_range=(-1, 1): dcgan.scale(x, feature_range).numpy(),
+        'expected a torch.Tensor',
+    ),
     ('in_place', in_place_scale, 'changed its input x in place'),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Discriminator and Generator: the reference networks, changed in one way
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def replace_layers(net, kind, make):
@@ -174,13 +283,17 @@ def replace_layers(net, kind, make):
 
 
 def edited(cls, edit):
-    """A constructor like cls whose instances are changed by edit(instance) -> instance."""
+    """A constructor like cls whose instances are changed by
+    edit(instance) -> instance.
+    """
     return lambda *args, **kwargs: edit(cls(*args, **kwargs))
 
 
 def without_batch_norm(cls):
     """cls with every nn.BatchNorm2d replaced by nn.Identity."""
-    return edited(cls, lambda net: replace_layers(net, nn.BatchNorm2d, nn.Identity))
+    return edited(
+        cls, lambda net: replace_layers(net, nn.BatchNorm2d, nn.Identity)
+    )
 
 
 class SigmoidD(dcgan.Discriminator):
@@ -201,7 +314,8 @@ class SixteenD(dcgan.Discriminator):
 class MaxPoolD(dcgan.Discriminator):
     def __init__(self, conv_dim):
         super().__init__(conv_dim)
-        self.pool = nn.MaxPool2d(kernel_size=1)  # a no-op here, but a pooling layer
+        # a no-op here, but a pooling layer
+        self.pool = nn.MaxPool2d(kernel_size=1)
 
     def forward(self, x):
         return super().forward(self.pool(x))
@@ -218,11 +332,18 @@ DISCRIMINATOR_MUTANTS = mutants(
     ('sixteen_outputs', SixteenD, 'returned shape (2, 16); expected (2, 1)'),
     ('sigmoid_output', SigmoidD, 'all its outputs stayed in [0, 1]'),
     ('max_pool', MaxPoolD, 'expected no pooling layers'),
-    ('no_batch_norm', without_batch_norm(dcgan.Discriminator), 'has no batch norm layer'),
+    (
+        'no_batch_norm',
+        without_batch_norm(dcgan.Discriminator),
+        'has no batch norm layer',
+    ),
     ('detaches_input', DetachD, 'no gradient with respect to the input'),
     ('no_parameters', lambda conv_dim: nn.Flatten(), 'has no parameters'),
-    ('built_for_64', functools.partial(dcgan.Discriminator, image_size=64),
-     'raised RuntimeError'),
+    (
+        'built_for_64',
+        functools.partial(dcgan.Discriminator, image_size=64),
+        'raised RuntimeError',
+    ),
 )
 
 
@@ -238,39 +359,74 @@ def last_activation(cls, make):
 
 GENERATOR_MUTANTS = mutants(
     'test_generator',
-    ('image_size_64', functools.partial(dcgan.Generator, image_size=64),
-     'returned shape (2, 3, 64, 64); expected (2, 3, 32, 32)'),
-    ('image_size_16', functools.partial(dcgan.Generator, image_size=16),
-     'returned shape (2, 3, 16, 16)'),
-    ('sigmoid_output', last_activation(dcgan.Generator, nn.Sigmoid), 'some of them negative'),
-    ('no_tanh', last_activation(dcgan.Generator, nn.Identity), 'Hint: end with nn.Tanh()'),
-    # Small weights keep an un-squashed output inside [-1, 1] at first, not after training.
-    ('no_tanh_small_init',
-     edited(last_activation(dcgan.Generator, nn.Identity),
-            lambda net: net.apply(dcgan.weights_init_normal)),
-     'expected [-1, 1] whatever the weights'),
+    (
+        'image_size_64',
+        functools.partial(dcgan.Generator, image_size=64),
+        'returned shape (2, 3, 64, 64); expected (2, 3, 32, 32)',
+    ),
+    (
+        'image_size_16',
+        functools.partial(dcgan.Generator, image_size=16),
+        'returned shape (2, 3, 16, 16)',
+    ),
+    (
+        'sigmoid_output',
+        last_activation(dcgan.Generator, nn.Sigmoid),
+        'some of them negative',
+    ),
+    (
+        'no_tanh',
+        last_activation(dcgan.Generator, nn.Identity),
+        'Hint: end with nn.Tanh()',
+    ),
+    # Small weights keep an un-squashed output inside [-1, 1] at first, not
+    # after training.
+    (
+        'no_tanh_small_init',
+        edited(
+            last_activation(dcgan.Generator, nn.Identity),
+            lambda net: net.apply(dcgan.weights_init_normal),
+        ),
+        'expected [-1, 1] whatever the weights',
+    ),
     ('ignores_z', IgnoresZG, 'gave the same image for two different z'),
-    ('no_batch_norm', without_batch_norm(dcgan.Generator), 'has no batch norm layer'),
-    ('ignores_z_size', lambda z_size, conv_dim: dcgan.Generator(100, conv_dim),
-     'raised RuntimeError'),
+    (
+        'no_batch_norm',
+        without_batch_norm(dcgan.Generator),
+        'has no batch norm layer',
+    ),
+    (
+        'ignores_z_size',
+        lambda z_size, conv_dim: dcgan.Generator(100, conv_dim),
+        'raised RuntimeError',
+    ),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # weights_init_normal
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 INIT_KINDS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
-def init_mutant(m, weight=lambda w: nn.init.normal_(w, 0.0, 0.02), zero_bias=True,
-                kinds=INIT_KINDS, check_bias=True, batch_norm=False):
-    """The reference init with one thing changed (pass through functools.partial)."""
+def init_mutant(
+    m,
+    weight=lambda w: nn.init.normal_(w, 0.0, 0.02),
+    zero_bias=True,
+    kinds=INIT_KINDS,
+    check_bias=True,
+    batch_norm=False,
+):
+    """The reference init with one thing changed (pass through
+    functools.partial).
+    """
     if isinstance(m, kinds):
         weight(m.weight)
         if zero_bias and (m.bias is not None or not check_bias):
             nn.init.zeros_(m.bias)
     elif batch_norm and isinstance(m, nn.BatchNorm2d):
-        nn.init.normal_(m.weight, 1.0, 0.02)  # what pytorch/examples does: we ask not to
+        # what pytorch/examples does: we ask not to
+        nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
 
 
@@ -281,29 +437,61 @@ def init_with(**changes):
 
 INIT_MUTANTS = mutants(
     'test_weights_init_normal',
-    ('mean_0_02', init_with(weight=lambda w: nn.init.normal_(w, 0.02, 0.02)), 'mean 0.0200'),
-    ('std_0_2', init_with(weight=lambda w: nn.init.normal_(w, 0.0, 0.2)), 'std 0.2'),
-    ('std_passed_as_mean', init_with(weight=lambda w: nn.init.normal_(w, 0.02)), 'std 1.0'),
-    ('uniform_0_02', init_with(weight=lambda w: nn.init.uniform_(w, -0.02, 0.02)), 'std 0.01'),
-    ('uniform_same_std',
-     init_with(weight=lambda w: nn.init.uniform_(w, -0.02 * 3 ** 0.5, 0.02 * 3 ** 0.5)),
-     'beyond 2 std'),
+    (
+        'mean_0_02',
+        init_with(weight=lambda w: nn.init.normal_(w, 0.02, 0.02)),
+        'mean 0.0200',
+    ),
+    (
+        'std_0_2',
+        init_with(weight=lambda w: nn.init.normal_(w, 0.0, 0.2)),
+        'std 0.2',
+    ),
+    (
+        'std_passed_as_mean',
+        init_with(weight=lambda w: nn.init.normal_(w, 0.02)),
+        'std 1.0',
+    ),
+    (
+        'uniform_0_02',
+        init_with(weight=lambda w: nn.init.uniform_(w, -0.02, 0.02)),
+        'std 0.01',
+    ),
+    (
+        'uniform_same_std',
+        init_with(
+            weight=lambda w: nn.init.uniform_(w, -0.02 * 3**0.5, 0.02 * 3**0.5)
+        ),
+        'beyond 2 std',
+    ),
     ('does_nothing', lambda m: None, 'std 0.03'),
     ('conv2d_only', init_with(kinds=nn.Conv2d), 'ConvTranspose2d(256, 16'),
     ('biases_left_random', init_with(zero_bias=False), 'expected all 0'),
-    ('batch_norm_reinitialised', init_with(batch_norm=True), 'to be left alone'),
-    ('bias_none_unchecked', init_with(check_bias=False), 'raised AttributeError'),
+    (
+        'batch_norm_reinitialised',
+        init_with(batch_norm=True),
+        'to be left alone',
+    ),
+    (
+        'bias_none_unchecked',
+        init_with(check_bias=False),
+        'raised AttributeError',
+    ),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # real_loss and fake_loss
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def loss_with(label, loss=F.binary_cross_entropy_with_logits):
-    """A loss(D_out, smooth=False) = loss(D_out, labels) with labels all label(smooth)."""
+    """A loss(D_out, smooth=False) = loss(D_out, labels) with labels
+    all label(smooth).
+    """
+
     def wrong_loss(D_out, smooth=False):
         return loss(D_out, torch.full_like(D_out, label(smooth)))
+
     return wrong_loss
 
 
@@ -326,73 +514,166 @@ def bce_unreduced(D_out, labels):
 
 REAL_LOSS_MUTANTS = mutants(
     'test_real_loss',
-    ('labels_swapped', loss_with(lambda smooth: 0.0), 'label 0.0 instead of 1.0'),
-    ('sigmoid_twice', loss_with(real_label, sigmoid_then(F.binary_cross_entropy_with_logits)),
-     'applied twice'),
-    ('smoothing_ignored', loss_with(lambda smooth: 1.0), 'label 1.0 instead of 0.9'),
-    ('smoothing_as_0_1', loss_with(lambda smooth: 0.1 if smooth else 1.0),
-     'label 0.1 instead of 0.9'),
-    ('smoothing_inverted', loss_with(lambda smooth: 1.0 if smooth else 0.9),
-     'label 0.9 instead of 1.0'),
+    (
+        'labels_swapped',
+        loss_with(lambda smooth: 0.0),
+        'label 0.0 instead of 1.0',
+    ),
+    (
+        'sigmoid_twice',
+        loss_with(real_label, sigmoid_then(F.binary_cross_entropy_with_logits)),
+        'applied twice',
+    ),
+    (
+        'smoothing_ignored',
+        loss_with(lambda smooth: 1.0),
+        'label 1.0 instead of 0.9',
+    ),
+    (
+        'smoothing_as_0_1',
+        loss_with(lambda smooth: 0.1 if smooth else 1.0),
+        'label 0.1 instead of 0.9',
+    ),
+    (
+        'smoothing_inverted',
+        loss_with(lambda smooth: 1.0 if smooth else 0.9),
+        'label 0.9 instead of 1.0',
+    ),
     ('sum', loss_with(real_label, bce_sum), 'the sum over the batch'),
-    ('mse', loss_with(real_label, sigmoid_then(F.mse_loss)), 'mean squared error'),
-    ('unreduced', loss_with(real_label, bce_unreduced), 'returned shape (4, 1); expected ()'),
-    ('item', lambda D_out, smooth=False: dcgan.real_loss(D_out, smooth).item(),
-     'returned float; expected a torch.Tensor'),
-    ('detached', lambda D_out, smooth=False: dcgan.real_loss(D_out.detach(), smooth),
-     'without a gradient'),
-    ('no_smooth_argument', lambda D_out: dcgan.real_loss(D_out), 'raised TypeError'),
+    (
+        'mse',
+        loss_with(real_label, sigmoid_then(F.mse_loss)),
+        'mean squared error',
+    ),
+    (
+        'unreduced',
+        loss_with(real_label, bce_unreduced),
+        'returned shape (4, 1); expected ()',
+    ),
+    (
+        'item',
+        lambda D_out, smooth=False: dcgan.real_loss(D_out, smooth).item(),
+        'returned float; expected a torch.Tensor',
+    ),
+    (
+        'detached',
+        lambda D_out, smooth=False: dcgan.real_loss(D_out.detach(), smooth),
+        'without a gradient',
+    ),
+    (
+        'no_smooth_argument',
+        lambda D_out: dcgan.real_loss(D_out),
+        'raised TypeError',
+    ),
 )
 
 FAKE_LOSS_MUTANTS = mutants(
     'test_fake_loss',
-    ('labels_swapped', loss_with(lambda smooth: 1.0), 'label 1.0 instead of 0.0'),
-    ('smoothed_fakes', loss_with(lambda smooth: 0.1), 'label 0.1 instead of 0.0'),
-    ('sigmoid_twice',
-     loss_with(lambda smooth: 0.0, sigmoid_then(F.binary_cross_entropy_with_logits)),
-     'applied twice'),
+    (
+        'labels_swapped',
+        loss_with(lambda smooth: 1.0),
+        'label 1.0 instead of 0.0',
+    ),
+    (
+        'smoothed_fakes',
+        loss_with(lambda smooth: 0.1),
+        'label 0.1 instead of 0.0',
+    ),
+    (
+        'sigmoid_twice',
+        loss_with(
+            lambda smooth: 0.0, sigmoid_then(F.binary_cross_entropy_with_logits)
+        ),
+        'applied twice',
+    ),
     ('sum', loss_with(lambda smooth: 0.0, bce_sum), 'the sum over the batch'),
-    ('mse', loss_with(lambda smooth: 0.0, sigmoid_then(F.mse_loss)), 'mean squared error'),
+    (
+        'mse',
+        loss_with(lambda smooth: 0.0, sigmoid_then(F.mse_loss)),
+        'mean squared error',
+    ),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # build_optimizers
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
-def optimizers_with(make=optim.Adam, d_params=lambda D, G: D.parameters(),
-                    g_params=lambda D, G: G.parameters(), lr=None, betas=None, swap=False):
+def optimizers_with(
+    make=optim.Adam,
+    d_params=lambda D, G: D.parameters(),
+    g_params=lambda D, G: G.parameters(),
+    lr=None,
+    betas=None,
+    swap=False,
+):
     """A build_optimizers with one thing changed."""
+
     def build_optimizers(D, G, lr_, betas_):
         settings = {'lr': lr or lr_, 'betas': betas or betas_}
         d_optimizer = make(d_params(D, G), **settings)
         g_optimizer = make(g_params(D, G), **settings)
-        return (g_optimizer, d_optimizer) if swap else (d_optimizer, g_optimizer)
+        return (
+            (g_optimizer, d_optimizer) if swap else (d_optimizer, g_optimizer)
+        )
+
     return build_optimizers
 
 
 OPTIMIZER_MUTANTS = mutants(
     'test_optimizers',
-    ('returns_one', lambda D, G, lr, betas: optim.Adam([*D.parameters(), *G.parameters()]),
-     'expected a pair'),
-    ('sgd', optimizers_with(make=lambda params, lr, betas: optim.SGD(params, lr=lr)),
-     'returned SGD as d_optimizer; expected torch.optim.Adam'),
-    ('adamw', optimizers_with(make=optim.AdamW), 'returned AdamW as d_optimizer'),
+    (
+        'returns_one',
+        lambda D, G, lr, betas: optim.Adam([*D.parameters(), *G.parameters()]),
+        'expected a pair',
+    ),
+    (
+        'sgd',
+        optimizers_with(
+            make=lambda params, lr, betas: optim.SGD(params, lr=lr)
+        ),
+        'returned SGD as d_optimizer; expected torch.optim.Adam',
+    ),
+    (
+        'adamw',
+        optimizers_with(make=optim.AdamW),
+        'returned AdamW as d_optimizer',
+    ),
     ('fixed_lr', optimizers_with(lr=1e-3), 'has lr=0.001'),
-    ('default_betas', optimizers_with(betas=(0.9, 0.999)), 'betas=(0.9, 0.999); expected'),
-    ('g_on_D_params', optimizers_with(g_params=lambda D, G: D.parameters()),
-     'g_optimizer holds 6 of the 6 parameters of D, 0 of the 6 parameters of G'),
-    ('swapped', optimizers_with(swap=True), 'd_optimizer holds 0 of the 6 parameters of D'),
-    ('first_parameter_only', optimizers_with(d_params=lambda D, G: [next(D.parameters())]),
-     'd_optimizer holds 1 of the 6 parameters of D'),
-    ('both_nets_in_d',
-     optimizers_with(d_params=lambda D, G: [*D.parameters(), *G.parameters()]),
-     'd_optimizer holds 6 of the 6 parameters of D, 6 of the 6 parameters of G'),
+    (
+        'default_betas',
+        optimizers_with(betas=(0.9, 0.999)),
+        'betas=(0.9, 0.999); expected',
+    ),
+    (
+        'g_on_D_params',
+        optimizers_with(g_params=lambda D, G: D.parameters()),
+        'g_optimizer holds 6 of the 6 parameters of D, '
+        '0 of the 6 parameters of G',
+    ),
+    (
+        'swapped',
+        optimizers_with(swap=True),
+        'd_optimizer holds 0 of the 6 parameters of D',
+    ),
+    (
+        'first_parameter_only',
+        optimizers_with(d_params=lambda D, G: [next(D.parameters())]),
+        'd_optimizer holds 1 of the 6 parameters of D',
+    ),
+    (
+        'both_nets_in_d',
+        optimizers_with(
+            d_params=lambda D, G: [*D.parameters(), *G.parameters()]
+        ),
+        'd_optimizer holds 6 of the 6 parameters of D, '
+        '6 of the 6 parameters of G',
+    ),
 )
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # train_step
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 def update(optimizer, loss):
@@ -411,45 +692,70 @@ def reference_g_loss(D, fake, smooth):
     return dcgan.real_loss(D(fake))
 
 
-def step_with(prepare=dcgan.scale, d_loss=reference_d_loss, g_loss=reference_g_loss):
-    """A train_step built like the reference, with the scaling or one loss changed."""
-    def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
+def step_with(
+    prepare=dcgan.scale, d_loss=reference_d_loss, g_loss=reference_g_loss
+):
+    """A train_step built like the reference, with the scaling
+    or one loss changed.
+    """
+
+    def train_step(
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    ):
         real = prepare(real_images)
         fake = G(torch.randn(len(real), z_size, device=real.device))
         d_value = update(d_optimizer, d_loss(D, real, fake.detach(), smooth))
         return d_value, update(g_optimizer, g_loss(D, fake, smooth))
+
     return train_step
 
 
 def concatenated_d_loss(D, real, fake, smooth):
-    """One D call on real and fake together: a valid GAN, but not the exercise."""
+    """One D call on real and fake together: a valid GAN, but not the
+    exercise.
+    """
     out = D(torch.cat([real, fake]))
-    return dcgan.real_loss(out[:len(real)], smooth) + dcgan.fake_loss(out[len(real):])
+    return dcgan.real_loss(out[: len(real)], smooth) + dcgan.fake_loss(
+        out[len(real) :]
+    )
 
 
-def d_left_frozen(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
+def d_left_frozen(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+):
     """The reference step, but D is frozen for G's update and never unfrozen."""
-    result = dcgan.train_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth)
+    result = dcgan.train_step(
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth
+    )
     D.requires_grad_(False)
     return result
 
 
-def g_step_first(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
+def g_step_first(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+):
     """Updates G before D, so G's loss comes from the old D."""
     fake = G(torch.randn(len(real_images), z_size))
     g_value = update(g_optimizer, dcgan.real_loss(D(fake)))
-    d_value = update(d_optimizer,
-                     reference_d_loss(D, dcgan.scale(real_images), fake.detach(), smooth))
+    d_value = update(
+        d_optimizer,
+        reference_d_loss(D, dcgan.scale(real_images), fake.detach(), smooth),
+    )
     return d_value, g_value
 
 
-def zero_grad_once_no_detach(D, G, d_optimizer, g_optimizer, real_images, z_size,
-                             smooth=False):
-    """Clears gradients once, at the start, and lets d_loss reach G (undetached fakes)."""
+def zero_grad_once_no_detach(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+):
+    """Clears gradients once, at the start, and lets d_loss reach G
+    (undetached fakes).
+    """
     d_optimizer.zero_grad()
     g_optimizer.zero_grad()
     real = dcgan.scale(real_images)
-    d_loss = reference_d_loss(D, real, G(torch.randn(len(real), z_size)), smooth)
+    d_loss = reference_d_loss(
+        D, real, G(torch.randn(len(real), z_size)), smooth
+    )
     d_loss.backward()
     d_optimizer.step()
     g_loss = dcgan.real_loss(D(G(torch.randn(len(real), z_size))))
@@ -471,55 +777,134 @@ class Skipping:
 
 
 def reference_with(d_skips=(), g_skips=(), **overrides):
-    """The reference train_step, with optimizer methods skipped or arguments overridden."""
-    def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
+    """The reference train_step, with optimizer methods skipped or
+    arguments overridden.
+    """
+
+    def train_step(
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    ):
         arguments = {'z_size': z_size, 'smooth': smooth, **overrides}
-        return dcgan.train_step(D, G, Skipping(d_optimizer, *d_skips),
-                                Skipping(g_optimizer, *g_skips), real_images, **arguments)
+        return dcgan.train_step(
+            D,
+            G,
+            Skipping(d_optimizer, *d_skips),
+            Skipping(g_optimizer, *g_skips),
+            real_images,
+            **arguments,
+        )
+
     return train_step
 
 
 TRAIN_STEP_MUTANTS = mutants(
     'test_train_step',
-    ('returns_nothing', lambda *args, **kwargs: dcgan.train_step(*args, **kwargs) and None,
-     'returned NoneType; expected a pair (d_loss, g_loss)'),
-    ('scales_in_place', step_with(prepare=lambda x: x.mul_(2).sub_(1)),
-     'changed real_images in place'),
-    ('no_scaling', step_with(prepare=lambda x: x), 'call D(scale(real_images))'),
-    ('real_and_fake_concatenated', step_with(d_loss=concatenated_d_loss),
-     'call D on scale(real_images) alone'),
-    ('no_d_step', reference_with(d_skips=('step',)), 'left D\'s parameters unchanged'),
-    ('d_loss_real_only',
-     step_with(d_loss=lambda D, real, fake, smooth: dcgan.real_loss(D(real), smooth)),
-     'D was called 0 time(s) on images other than the real batch'),
-    ('labels_swapped',
-     step_with(d_loss=lambda D, real, fake, smooth:
-               dcgan.fake_loss(D(real)) + dcgan.real_loss(D(fake), smooth)),
-     'real and fake labels swapped'),
-    ('ignores_smooth', reference_with(smooth=False), 'smooth not passed on to real_loss'),
-    ('averaged_d_loss',
-     step_with(d_loss=lambda *args: reference_d_loss(*args) / 2), 'the average (real + fake)'),
-    ('no_d_zero_grad', reference_with(d_skips=('zero_grad',)), 'D at d_optimizer.step()'),
-    ('no_g_step', reference_with(g_skips=('step',)), 'left G\'s parameters unchanged'),
+    (
+        'returns_nothing',
+        lambda *args, **kwargs: dcgan.train_step(*args, **kwargs) and None,
+        'returned NoneType; expected a pair (d_loss, g_loss)',
+    ),
+    (
+        'scales_in_place',
+        step_with(prepare=lambda x: x.mul_(2).sub_(1)),
+        'changed real_images in place',
+    ),
+    (
+        'no_scaling',
+        step_with(prepare=lambda x: x),
+        'call D(scale(real_images))',
+    ),
+    (
+        'real_and_fake_concatenated',
+        step_with(d_loss=concatenated_d_loss),
+        'call D on scale(real_images) alone',
+    ),
+    (
+        'no_d_step',
+        reference_with(d_skips=('step',)),
+        'left D\'s parameters unchanged',
+    ),
+    (
+        'd_loss_real_only',
+        step_with(
+            d_loss=lambda D, real, fake, smooth: dcgan.real_loss(
+                D(real), smooth
+            )
+        ),
+        'D was called 0 time(s) on images other than the real batch',
+    ),
+    (
+        'labels_swapped',
+        step_with(
+            d_loss=lambda D, real, fake, smooth: (
+                dcgan.fake_loss(D(real)) + dcgan.real_loss(D(fake), smooth)
+            )
+        ),
+        'real and fake labels swapped',
+    ),
+    (
+        'ignores_smooth',
+        reference_with(smooth=False),
+        'smooth not passed on to real_loss',
+    ),
+    (
+        'averaged_d_loss',
+        step_with(d_loss=lambda *args: reference_d_loss(*args) / 2),
+        'the average (real + fake)',
+    ),
+    (
+        'no_d_zero_grad',
+        reference_with(d_skips=('zero_grad',)),
+        'D at d_optimizer.step()',
+    ),
+    (
+        'no_g_step',
+        reference_with(g_skips=('step',)),
+        'left G\'s parameters unchanged',
+    ),
     ('g_step_first', g_step_first, 'D did not judge images from G between'),
     ('d_left_frozen', d_left_frozen, 'no longer require gradients'),
-    ('fake_loss_for_g', step_with(g_loss=lambda D, fake, smooth: dcgan.fake_loss(D(fake))),
-     'fake_loss (label 0) instead of real_loss'),
-    ('smoothed_g_labels',
-     step_with(g_loss=lambda D, fake, smooth: dcgan.real_loss(D(fake), smooth)),
-     'the smoothed label 0.9 instead of 1'),
-    ('no_g_zero_grad', reference_with(g_skips=('zero_grad',)), 'G at g_optimizer.step()'),
-    ('zero_grad_once_no_detach', zero_grad_once_no_detach, 'G at g_optimizer.step()'),
+    (
+        'fake_loss_for_g',
+        step_with(g_loss=lambda D, fake, smooth: dcgan.fake_loss(D(fake))),
+        'fake_loss (label 0) instead of real_loss',
+    ),
+    (
+        'smoothed_g_labels',
+        step_with(
+            g_loss=lambda D, fake, smooth: dcgan.real_loss(D(fake), smooth)
+        ),
+        'the smoothed label 0.9 instead of 1',
+    ),
+    (
+        'no_g_zero_grad',
+        reference_with(g_skips=('zero_grad',)),
+        'G at g_optimizer.step()',
+    ),
+    (
+        'zero_grad_once_no_detach',
+        zero_grad_once_no_detach,
+        'G at g_optimizer.step()',
+    ),
     ('hardcoded_z_size', reference_with(z_size=100), 'raised RuntimeError'),
 )
 
-ALL_MUTANTS = (LOADER_MUTANTS + SCALE_MUTANTS + DISCRIMINATOR_MUTANTS + GENERATOR_MUTANTS
-               + INIT_MUTANTS + REAL_LOSS_MUTANTS + FAKE_LOSS_MUTANTS + OPTIMIZER_MUTANTS
-               + TRAIN_STEP_MUTANTS)
+ALL_MUTANTS = (
+    LOADER_MUTANTS
+    + SCALE_MUTANTS
+    + DISCRIMINATOR_MUTANTS
+    + GENERATOR_MUTANTS
+    + INIT_MUTANTS
+    + REAL_LOSS_MUTANTS
+    + FAKE_LOSS_MUTANTS
+    + OPTIMIZER_MUTANTS
+    + TRAIN_STEP_MUTANTS
+)
 
-# ---------------------------------------------------------------------------------------------
-# Correct alternatives to the reference: the tests must not demand the reference's exact code
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
+# Correct alternatives to the reference: the tests must not demand the
+# reference's exact code
+# ------------------------------------------------------------------------------
 
 
 class AllConvDiscriminator(nn.Module):
@@ -528,30 +913,42 @@ class AllConvDiscriminator(nn.Module):
     def __init__(self, conv_dim):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.2),  # (N, conv_dim, 16, 16)
+            nn.Conv2d(3, conv_dim, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (N, conv_dim, 16, 16)
             nn.Conv2d(conv_dim, conv_dim * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 2), nn.LeakyReLU(0.2),  # (N, conv_dim*2, 8, 8)
+            nn.BatchNorm2d(conv_dim * 2),
+            nn.LeakyReLU(0.2),  # (N, conv_dim*2, 8, 8)
             nn.Conv2d(conv_dim * 2, conv_dim * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 4), nn.LeakyReLU(0.2),  # (N, conv_dim*4, 4, 4)
-            nn.Conv2d(conv_dim * 4, 1, 4), nn.Flatten())  # (N, 1)
+            nn.BatchNorm2d(conv_dim * 4),
+            nn.LeakyReLU(0.2),  # (N, conv_dim*4, 4, 4)
+            nn.Conv2d(conv_dim * 4, 1, 4),
+            nn.Flatten(),
+        )  # (N, 1)
 
     def forward(self, x):
         return self.net(x)
 
 
 class ConvOnlyGenerator(nn.Module):
-    """pytorch/examples style: z as a (N, z_size, 1, 1) map, transposed convs only."""
+    """pytorch/examples style: z as a (N, z_size, 1, 1) map,
+    transposed convs only.
+    """
 
     def __init__(self, z_size, conv_dim):
         super().__init__()
         self.net = nn.Sequential(
             nn.ConvTranspose2d(z_size, conv_dim * 4, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(conv_dim * 4), nn.ReLU(),  # (N, conv_dim*4, 4, 4)
+            nn.BatchNorm2d(conv_dim * 4),
+            nn.ReLU(),  # (N, conv_dim*4, 4, 4)
             nn.ConvTranspose2d(conv_dim * 4, conv_dim * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 2), nn.ReLU(),  # (N, conv_dim*2, 8, 8)
+            nn.BatchNorm2d(conv_dim * 2),
+            nn.ReLU(),  # (N, conv_dim*2, 8, 8)
             nn.ConvTranspose2d(conv_dim * 2, conv_dim, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim), nn.ReLU(),  # (N, conv_dim, 16, 16)
-            nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1), nn.Tanh())  # (N, 3, 32, 32)
+            nn.BatchNorm2d(conv_dim),
+            nn.ReLU(),  # (N, conv_dim, 16, 16)
+            nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1),
+            nn.Tanh(),
+        )  # (N, 3, 32, 32)
 
     def forward(self, z):
         return self.net(z[:, :, None, None])
@@ -571,8 +968,12 @@ def sigmoid_bce_real_loss(D_out, smooth=False):
     return nn.BCELoss()(torch.sigmoid(D_out), labels)
 
 
-def udacity_style_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False):
-    """New z for G's update, fakes made without gradients for D, tensors returned."""
+def udacity_style_step(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+):
+    """New z for G's update, fakes made without gradients for D,
+    tensors returned.
+    """
     real_images = dcgan.scale(real_images)
     d_optimizer.zero_grad()
     d_real = dcgan.real_loss(D(real_images), smooth)
@@ -589,22 +990,42 @@ def udacity_style_step(D, G, d_optimizer, g_optimizer, real_images, z_size, smoo
 
 
 ALTERNATIVES = [
-    pytest.param('test_discriminator', AllConvDiscriminator, id='all_conv_discriminator'),
+    pytest.param(
+        'test_discriminator', AllConvDiscriminator, id='all_conv_discriminator'
+    ),
     pytest.param('test_generator', ConvOnlyGenerator, id='conv_only_generator'),
-    pytest.param('test_weights_init_normal', classname_init, id='classname_init'),
-    pytest.param('test_real_loss', sigmoid_bce_real_loss, id='sigmoid_bce_real_loss'),
-    pytest.param('test_train_step', udacity_style_step, id='udacity_style_step'),
+    pytest.param(
+        'test_weights_init_normal', classname_init, id='classname_init'
+    ),
+    pytest.param(
+        'test_real_loss', sigmoid_bce_real_loss, id='sigmoid_bce_real_loss'
+    ),
+    pytest.param(
+        'test_train_step', udacity_style_step, id='udacity_style_step'
+    ),
     pytest.param('test_train_step', step_with(), id='mutant_baseline_step'),
-    pytest.param('test_weights_init_normal', init_with(), id='mutant_baseline_init'),
-    pytest.param('test_get_dataloader', loader_mutant(), id='mutant_baseline_loader'),
-    pytest.param('test_get_dataloader', course_get_dataloader, id='course_imagefolder_loader'),
-    pytest.param('test_real_loss', loss_with(real_label), id='mutant_baseline_real_loss'),
-    pytest.param('test_optimizers', optimizers_with(), id='mutant_baseline_optimizers'),
+    pytest.param(
+        'test_weights_init_normal', init_with(), id='mutant_baseline_init'
+    ),
+    pytest.param(
+        'test_get_dataloader', loader_mutant(), id='mutant_baseline_loader'
+    ),
+    pytest.param(
+        'test_get_dataloader',
+        course_get_dataloader,
+        id='course_imagefolder_loader',
+    ),
+    pytest.param(
+        'test_real_loss', loss_with(real_label), id='mutant_baseline_real_loss'
+    ),
+    pytest.param(
+        'test_optimizers', optimizers_with(), id='mutant_baseline_optimizers'
+    ),
 ]
 
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 # Tests
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('name', REFERENCE)
@@ -646,18 +1067,40 @@ def test_global_random_state_is_left_alone(name, capsys):
 
 def test_imports_only_torch_pillow_and_the_standard_library():
     tree = ast.parse(Path(pu.__file__).read_text())
-    imported = {alias.name.split('.')[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split('.')[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom)}
-    assert imported <= {'collections', 'contextlib', 'copy', 'functools', 'io', 'math',
-                        'pathlib', 'tempfile', 'torch', 'numpy', 'PIL'}
+    imported = {
+        alias.name.split('.')[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {
+        node.module.split('.')[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert imported <= {
+        'collections',
+        'contextlib',
+        'copy',
+        'functools',
+        'io',
+        'math',
+        'pathlib',
+        'tempfile',
+        'torch',
+        'numpy',
+        'PIL',
+    }
 
 
 def test_lines_fit_in_100_characters():
-    long_lines = [number for number, line in
-                  enumerate(Path(pu.__file__).read_text().splitlines(), start=1)
-                  if len(line) > 100]
+    long_lines = [
+        number
+        for number, line in enumerate(
+            Path(pu.__file__).read_text().splitlines(), start=1
+        )
+        if len(line) > 100
+    ]
     assert not long_lines
 
 

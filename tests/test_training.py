@@ -1,4 +1,6 @@
-"""train(): checkpoints every epoch, exact resume, clear stops on interrupt and divergence."""
+"""train(): checkpoints every epoch, exact resume, clear stops on interrupt
+and divergence."""
+
 import math
 
 import pytest
@@ -8,37 +10,68 @@ from torch.utils.data import DataLoader
 import dcgan
 import helpers
 
-CONFIG = dict(batch_size=8, image_size=8, z_size=4, conv_dim=4, lr=2e-3, beta1=0.5,
-              beta2=0.999, smooth=True, lr_decay=False, n_epochs=3, n_images=None,
-              sample_size=4, n_score=8, seed=0, precision='fp32', print_every=1, quick=True)
+CONFIG = dict(
+    batch_size=8,
+    image_size=8,
+    z_size=4,
+    conv_dim=4,
+    lr=2e-3,
+    beta1=0.5,
+    beta2=0.999,
+    smooth=True,
+    lr_decay=False,
+    n_epochs=3,
+    n_images=None,
+    sample_size=4,
+    n_score=8,
+    seed=0,
+    precision='fp32',
+    print_every=1,
+    quick=True,
+)
 DECAY = {**CONFIG, 'lr_decay': True}
 
 
 def make_run(seed, config=CONFIG, n_images=32):
-    """Seeded networks, optimizers, loader and fixed noise, built as the notebook does."""
+    """Seeded networks, optimizers, loader and fixed noise, built as the
+    notebook does."""
     torch.manual_seed(seed)
     size = config['image_size']
-    faces = torch.randint(0, 256, (n_images, 3, size, size), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(123))
-    loader = DataLoader(dcgan.FaceDataset(faces), batch_size=config['batch_size'],
-                        shuffle=True, drop_last=True)
-    D, G = dcgan.build_networks(config['z_size'], config['conv_dim'], size, 'cpu')
-    d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
-                                          (config['beta1'], config['beta2']))
+    faces = torch.randint(
+        0,
+        256,
+        (n_images, 3, size, size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(123),
+    )
+    loader = DataLoader(
+        dcgan.FaceDataset(faces),
+        batch_size=config['batch_size'],
+        shuffle=True,
+        drop_last=True,
+    )
+    D, G = dcgan.build_networks(
+        config['z_size'], config['conv_dim'], size, 'cpu'
+    )
+    d_opt, g_opt = dcgan.build_optimizers(
+        D, G, config['lr'], (config['beta1'], config['beta2'])
+    )
     fixed_z = torch.randn(config['sample_size'], config['z_size'])
     return D, G, d_opt, g_opt, loader, fixed_z
 
 
 def train(run_dir, seed=0, config=CONFIG, score=None, **kwargs):
     D, G, d_opt, g_opt, loader, fixed_z = make_run(seed, config, **kwargs)
-    losses, samples, scores = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config,
-                                          run_dir, score=score)
+    losses, samples, scores = dcgan.train(
+        D, G, d_opt, g_opt, loader, fixed_z, config, run_dir, score=score
+    )
     assert len(scores) == (len(samples) if score is not None else 0)
     return losses, samples, G
 
 
 def mean_weight(G):
-    """A stand-in score that follows training: the mean of G's output layer weights."""
+    """A stand-in score that follows training: the mean of G's output layer
+    weights."""
     return G.upsample[-2].weight.mean().item()
 
 
@@ -46,7 +79,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     full_losses, full_samples, full_G = train(tmp_path / 'a')
 
     train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2})
-    # A new process would rebuild everything from other random numbers: resuming must not care.
+    # A new process would rebuild everything from other random numbers:
+    # resuming must not care.
     losses, samples, G = train(tmp_path / 'b', seed=99)
 
     assert losses == full_losses
@@ -65,20 +99,25 @@ def interrupt_in_epoch(epoch, monkeypatch, batches=4):
         if len(calls) == (epoch - 1) * batches + 1:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
+
     monkeypatch.setattr(dcgan, 'train_step', step)
     return real_step
 
 
 def test_learning_rates_fall_linearly_to_zero(tmp_path):
     D, G, d_opt, g_opt, loader, fixed_z = make_run(0, DECAY)
-    dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, {**DECAY, 'n_epochs': 3}, tmp_path)
+    dcgan.train(
+        D, G, d_opt, g_opt, loader, fixed_z, {**DECAY, 'n_epochs': 3}, tmp_path
+    )
     assert d_opt.param_groups[0]['lr'] == g_opt.param_groups[0]['lr'] == 0.0
     state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')
     assert state['lr_D']['last_epoch'] == 3 * 4  # one step per batch
 
     D, G, d_opt, g_opt, loader, fixed_z = make_run(0, CONFIG)
     dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'flat')
-    assert g_opt.param_groups[0]['lr'] == CONFIG['lr'], 'lr_decay=False keeps lr'
+    assert g_opt.param_groups[0]['lr'] == CONFIG['lr'], (
+        'lr_decay=False keeps lr'
+    )
 
 
 def test_decaying_run_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
@@ -101,14 +140,29 @@ def test_decaying_run_refuses_another_length(tmp_path):
 
 def test_checkpoint_holds_the_whole_state_and_loads_safely(tmp_path):
     train(tmp_path)
-    state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')  # weights_only=True
-    assert {'config', 'epoch', 'D', 'G', 'opt_D', 'opt_G', 'losses', 'fixed_z', 'rng',
-            'samples', 'scores'} <= set(state)
+    # weights_only=True
+    state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')
+    assert {
+        'config',
+        'epoch',
+        'D',
+        'G',
+        'opt_D',
+        'opt_G',
+        'losses',
+        'fixed_z',
+        'rng',
+        'samples',
+        'scores',
+    } <= set(state)
     assert state['epoch'] == 3 and state['config'] == CONFIG
     assert state['samples'].shape == (3, 4, 3, 8, 8)
     assert len(state['losses']['D']) == 3 * 4  # 3 epochs of 4 batches
     assert sorted(p.name for p in (tmp_path / 'samples').iterdir()) == [
-        'epoch_001.png', 'epoch_002.png', 'epoch_003.png']
+        'epoch_001.png',
+        'epoch_002.png',
+        'epoch_003.png',
+    ]
 
 
 def test_scores_are_kept_per_epoch_and_resumed(tmp_path, capsys):
@@ -121,25 +175,33 @@ def test_scores_are_kept_per_epoch_and_resumed(tmp_path, capsys):
     train(tmp_path / 'a', score=score)
     full = list(scores)
     assert len(full) == 3 and len(set(full)) == 3
-    assert helpers.load_checkpoint(tmp_path / 'a' / 'checkpoint.pt')['scores'] == full
+    assert (
+        helpers.load_checkpoint(tmp_path / 'a' / 'checkpoint.pt')['scores']
+        == full
+    )
     assert f'score {full[-1]:.1f}' in capsys.readouterr().out
 
     scores.clear()
     train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2}, score=score)
     D, G, d_opt, g_opt, loader, fixed_z = make_run(99)
-    *_, resumed = dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'b',
-                              score=score)
+    *_, resumed = dcgan.train(
+        D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'b', score=score
+    )
     assert resumed == full
 
 
 def test_finished_run_is_loaded_not_trained_again(tmp_path, monkeypatch):
     losses, samples, _ = train(tmp_path)
-    monkeypatch.setattr(dcgan, 'train_step', lambda *a, **k: pytest.fail('trained again'))
+    monkeypatch.setattr(
+        dcgan, 'train_step', lambda *a, **k: pytest.fail('trained again')
+    )
     again, samples_again, _ = train(tmp_path, seed=5)
     assert again == losses and len(samples_again) == 3
 
 
-def test_interrupt_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+def test_interrupt_keeps_the_last_checkpoint_and_says_so(
+    tmp_path, monkeypatch, capsys
+):
     real_step, calls = dcgan.train_step, []
 
     def interrupted_in_epoch_2(*args, **kwargs):
@@ -149,21 +211,25 @@ def test_interrupt_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, 
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(dcgan, 'train_step', interrupted_in_epoch_2)
-    # The interrupt goes on up, so that Jupyter's "Run All" stops at the training cell
-    # instead of running the cells below on a half-trained generator.
+    # The interrupt goes on up, so that Jupyter's "Run All" stops at the
+    # training cell instead of running the cells below on a half-trained
+    # generator.
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path)
     out = capsys.readouterr().out
     assert 'Interrupted in epoch 2' in out and 'holds epoch 1' in out
     state = helpers.load_checkpoint(tmp_path / 'checkpoint.pt')
-    assert state['epoch'] == 1 and len(state['losses']['D']) == 4  # finished epochs only
+    # finished epochs only
+    assert state['epoch'] == 1 and len(state['losses']['D']) == 4
 
     monkeypatch.setattr(dcgan, 'train_step', real_step)
     losses, samples, _ = train(tmp_path)
     assert len(losses['D']) == 12 and len(samples) == 3
 
 
-def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
     real_step, calls = dcgan.train_step, []
 
     def diverges_in_epoch_2(*args, **kwargs):
@@ -172,7 +238,9 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monk
         return (math.nan if len(calls) == 7 else d_loss), g_loss
 
     monkeypatch.setattr(dcgan, 'train_step', diverges_in_epoch_2)
-    with pytest.raises(FloatingPointError, match=r'epoch 2/3, batch 3.*holds epoch 1'):
+    with pytest.raises(
+        FloatingPointError, match=r'epoch 2/3, batch 3.*holds epoch 1'
+    ):
         train(tmp_path)
     assert helpers.load_checkpoint(tmp_path / 'checkpoint.pt')['epoch'] == 1
 
@@ -184,16 +252,32 @@ def test_other_settings_are_not_resumed(tmp_path):
 
 
 def test_batch_larger_than_the_data_is_refused_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r'batch_size=64 is larger than the 32 training'):
+    with pytest.raises(
+        ValueError, match=r'batch_size=64 is larger than the 32 training'
+    ):
         train(tmp_path, config={**CONFIG, 'batch_size': 64})
     assert not (tmp_path / 'checkpoint.pt').exists()
 
 
-@pytest.mark.parametrize('name, value', [
-    ('batch_size', 0), ('z_size', 0), ('conv_dim', -1), ('n_epochs', 2.5),
-    ('sample_size', '16'), ('n_score', 0), ('print_every', 0), ('n_images', 0), ('lr', 0),
-    ('lr', 2),
-    ('beta1', 1.0), ('beta2', -0.1), ('smooth', 1), ('lr_decay', 'yes')])
+@pytest.mark.parametrize(
+    'name, value',
+    [
+        ('batch_size', 0),
+        ('z_size', 0),
+        ('conv_dim', -1),
+        ('n_epochs', 2.5),
+        ('sample_size', '16'),
+        ('n_score', 0),
+        ('print_every', 0),
+        ('n_images', 0),
+        ('lr', 0),
+        ('lr', 2),
+        ('beta1', 1.0),
+        ('beta2', -0.1),
+        ('smooth', 1),
+        ('lr_decay', 'yes'),
+    ],
+)
 def test_impossible_settings_are_named(name, value):
     helpers.check_config(CONFIG)  # the good settings pass
     with pytest.raises(ValueError, match=name):
@@ -201,15 +285,23 @@ def test_impossible_settings_are_named(name, value):
 
 
 @pytest.mark.parametrize('image_size', [0, 4, 48, 100])
-@pytest.mark.parametrize('build', [lambda s: dcgan.Discriminator(8, s),
-                                   lambda s: dcgan.Generator(4, 8, s)], ids=['D', 'G'])
+@pytest.mark.parametrize(
+    'build',
+    [lambda s: dcgan.Discriminator(8, s), lambda s: dcgan.Generator(4, 8, s)],
+    ids=['D', 'G'],
+)
 def test_image_sizes_the_networks_cannot_make_are_named(build, image_size):
-    with pytest.raises(ValueError, match=rf'image_size must be a power of two.*got {image_size}'):
+    with pytest.raises(
+        ValueError,
+        match=rf'image_size must be a power of two.*got {image_size}',
+    ):
         build(image_size)
 
 
 class RecordingBar:
-    """A stand-in for tqdm that records the batches at which the losses were shown."""
+    """A stand-in for tqdm that records the batches at which the losses were
+    shown."""
+
     shown = []
 
     def __init__(self, iterable, **kwargs):
@@ -224,10 +316,15 @@ class RecordingBar:
         RecordingBar.shown.append(self.count)
 
 
-@pytest.mark.parametrize('print_every, shown', [(1, [1, 2, 3, 4]), (2, [1, 3]), (50, [1])])
-def test_progress_bar_shows_the_losses_every_print_every_batches(print_every, shown,
-                                                                tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    'print_every, shown', [(1, [1, 2, 3, 4]), (2, [1, 3]), (50, [1])]
+)
+def test_progress_bar_shows_the_losses_every_print_every_batches(
+    print_every, shown, tmp_path, monkeypatch
+):
     monkeypatch.setattr(dcgan, 'tqdm', RecordingBar)
     RecordingBar.shown = []
-    train(tmp_path, config={**CONFIG, 'n_epochs': 1, 'print_every': print_every})
+    train(
+        tmp_path, config={**CONFIG, 'n_epochs': 1, 'print_every': print_every}
+    )
     assert RecordingBar.shown == shown  # 4 batches, starting with the first

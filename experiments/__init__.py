@@ -1,0 +1,1 @@
+"""Measurements behind the project's choices: speed and face quality."""

@@ -1,0 +1,390 @@
+"""Time full DCGAN training steps, data loading included, for several data
+paths.
+
+Every row trains the same course model (facegen.settings.COURSE: conv_dim
+32, z 100) with the same batch size for the same number of steps, in this
+one process, so the rows can be compared as ratios. The rows take turns
+(short rounds in rotation), so that a shared CPU's drift over a run lands on
+every row alike; each speed-up is the median of the per-round ratios:
+
+* the course recipe as the student projects wrote it: ImageFolder + Resize +
+  ToTensor through a DataLoader (num_workers 0, then 2), fp32;
+* this project's path: faces decoded once into memory
+  (facegen.faces.load_faces), then fp32, channels_last, and the precision
+  facegen.runtime.choose_precision picks for this machine.
+
+Run from the project root (see experiments/README.md):
+
+    python -m experiments.benchmark          # the table; a minute on 2 cores
+    python -m experiments.benchmark --json assets/benchmark.json  # + figures
+    python -m experiments.benchmark --quick  # a few steps: does it run (CI)
+"""
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+from tqdm.auto import tqdm
+
+import dcgan
+from facegen.faces import load_faces
+from facegen.fetch import is_image_name, prepare_data
+from facegen.runtime import choose_device, choose_precision, cpu_type
+from facegen.settings import COURSE, DEFAULT_DATA_DIR
+
+FULL_EPOCH_IMAGES = 32_600  # the course data set
+
+
+def image_folder_root(data_dir):
+    """data_dir, checked to suit torchvision's ImageFolder, which reads only
+    the images in subfolders of its root (one class each), as the course
+    data has them (data_dir/celeba/*.jpg). prepare_data also accepts a
+    folder with the images directly in it; ImageFolder would reject such a
+    folder or skip those images, so it is refused here with a ValueError
+    that says what to do."""
+    data_dir = Path(data_dir)
+    loose = [path.name for path in data_dir.iterdir()
+             if path.is_file() and is_image_name(path.name)]
+    if loose:
+        raise ValueError(
+            f'{data_dir} holds images directly ({loose[0]}, ...), but the '
+            f'course-recipe row reads the faces with torchvision ImageFolder, '
+            f'which needs them in a subfolder, as the course data has them '
+            f'({data_dir}/celeba/*.jpg). Move the images into a subfolder of '
+            f'{data_dir} (e.g. {data_dir}/faces/) and run again.')
+    return data_dir
+
+
+def course_loader(data_dir, batch_size, image_size, num_workers):
+    """The loader most student copies wrote: decode and resize every JPEG
+    every epoch."""
+    transform = transforms.Compose([transforms.Resize(image_size),
+                                    transforms.ToTensor()])
+    dataset = datasets.ImageFolder(data_dir, transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                      drop_last=True, num_workers=num_workers)
+
+
+def build_models(args, device, channels_last):
+    """The course model, built as in the notebook, with its two optimizers
+    (the course's learning rate and betas)."""
+    D, G = dcgan.build_networks(args.z_size, args.conv_dim, args.image_size,
+                                device)
+    if not channels_last:
+        for net in (D, G):
+            net.to(memory_format=torch.contiguous_format)
+    betas = (COURSE['beta1'], COURSE['beta2'])
+    return (D, G, *dcgan.build_optimizers(D, G, COURSE['lr'], betas))
+
+
+def batches(loader):
+    """Endless batches of images: a new pass over the loader whenever one
+    ends."""
+    while True:
+        for images, _ in loader:
+            yield images
+
+
+def make_stepper(loader, args, device, amp_dtype, channels_last):
+    """A fresh course model with its optimizers, and a function that runs one
+    full training step of it (data loading included) on the next batch of
+    loader."""
+    torch.manual_seed(0)
+    D, G, d_opt, g_opt = build_models(args, device, channels_last)
+    memory_format = (torch.channels_last if channels_last
+                     else torch.contiguous_format)
+    stream = batches(loader)
+
+    def step():
+        images = next(stream).to(device, memory_format=memory_format,
+                                 non_blocking=True)
+        dcgan.train_step(D, G, d_opt, g_opt, images, args.z_size, smooth=True,
+                         amp_dtype=amp_dtype)
+
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    return step
+
+
+def time_segment(step, n_steps, batch_size, device):
+    """(images per second, peak resident MB) over n_steps calls of step."""
+    reset_peak_rss()
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    synchronize(device)
+    return n_steps * batch_size / (time.perf_counter() - start), peak_rss_mb()
+
+
+def round_speedups(rates, course_rates):
+    """Speed-ups over the course recipe: one per round, against the course
+    row's turn in the same round; a row timed in one block is set against
+    the course row's median."""
+    if len(rates) == 1:
+        return [rates[0] / statistics.median(course_rates)]
+    return [rate / course
+            for rate, course in zip(rates, course_rates, strict=True)]
+
+
+def time_interleaved(steppers, args, device):
+    """Per row, the images/s of each round and the peak resident MB over all
+    rounds.
+
+    A shared cloud CPU drifts by tens of percent over seconds, so timing the
+    rows one after another would fold that drift into their ratios. Here
+    every round gives each row a short turn (the starting row rotates), so
+    that each round's ratios compare rows measured under the same
+    conditions.
+    """
+    names = list(steppers)
+    per_round = args.steps // args.rounds
+    rates, peaks = {name: [] for name in names}, dict.fromkeys(names, 0.0)
+    for round_ in tqdm(range(args.rounds), desc='benchmark rounds'):
+        first = round_ % len(names)
+        for name in names[first:] + names[:first]:
+            img_per_s, peak = time_segment(steppers[name], per_round,
+                                           args.batch_size, device)
+            rates[name].append(img_per_s)
+            peaks[name] = max(peaks[name], peak)
+    return rates, peaks
+
+
+def synchronize(device):
+    """Wait for queued GPU work, so that timings cover it."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_rss():
+    """Start a new peak-memory measurement (Linux: clear_refs resets
+    VmHWM)."""
+    try:
+        Path('/proc/self/clear_refs').write_text('5')
+    except OSError:  # not Linux: peak_rss_mb then gives the peak since start
+        pass
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process since reset_peak_rss(), in
+    MB."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # macOS reports bytes, Linux KiB
+    return peak / 2**20 if sys.platform == 'darwin' else peak / 2**10
+
+
+def train_flops_per_image(args, device):
+    """FLOPs of one full training step (both networks, forward and
+    backward), per image."""
+    D, G, d_opt, g_opt = build_models(args, device, channels_last=False)
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size,
+                        device=device)
+    with FlopCounterMode(display=False) as counter:
+        dcgan.train_step(D, G, d_opt, g_opt, images, args.z_size)
+    return counter.get_total_flops() / args.batch_size
+
+
+def matmul_flops_per_s(device, dtype, size=2048, seconds=1.0):
+    """Throughput of a large square matmul: the practical ceiling for this
+    dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    synchronize(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+        synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def time_cache(data_dir, image_size, n_images):
+    """Seconds to decode the data into a fresh cache, then to load that cache
+    again."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        load_faces(data_dir, image_size, n_images, cache_dir, 'train')
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        load_faces(data_dir, image_size, n_images, cache_dir, 'train')
+        return build_s, time.perf_counter() - start
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m experiments.benchmark',
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument(
+        '--data-dir', default=DEFAULT_DATA_DIR,
+        help='where the faces are, or are put by facegen.fetch.prepare_data '
+             '(from FACEGEN_DATA or the download); the course-recipe row '
+             'needs them in subfolders, as in DIR/celeba/*.jpg')
+    parser.add_argument('--steps', type=int, default=48,
+                        help='timed steps per row')
+    parser.add_argument('--rounds', type=int, default=8,
+                        help='the timed steps of each row are split into this '
+                             'many turns, taken in rotation with the other '
+                             'rows')
+    parser.add_argument('--warmup', type=int, default=3,
+                        help='untimed steps per row')
+    for name in ('batch_size', 'image_size', 'conv_dim', 'z_size'):
+        parser.add_argument('--' + name.replace('_', '-'), type=int,
+                            default=COURSE[name],
+                            help='default: the course recipe, %(default)s')
+    parser.add_argument('--precision', default='auto',
+                        choices=('auto', 'fp32', 'bf16'),
+                        help="the project path's precision (default: chosen "
+                             "for this machine)")
+    parser.add_argument('--quick', action='store_true',
+                        help='3 steps per row (3 rounds) at batch 32: checks '
+                             'that everything runs')
+    parser.add_argument('--json', type=Path,
+                        help='write the figures to this file (the committed '
+                             'ones: assets/benchmark.json)')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.warmup, args.batch_size = 3, 3, 1, 32
+    if not 1 <= args.rounds <= args.steps:
+        parser.error(f'--rounds must be between 1 and --steps ({args.steps}); '
+                     f'got {args.rounds}.')
+    return args
+
+
+def run(args):
+    """Measure every row; returns the report as a plain dict."""
+    device = choose_device()
+    amp_dtype = choose_precision(device, args.precision)
+    data_dir = prepare_data(args.data_dir)
+    image_root = image_folder_root(data_dir)  # fails before the long parts
+    # Enough images for every timed step to see new data, at most all.
+    n_images = (None if not args.quick
+                else (args.steps + args.warmup) * args.batch_size)
+    cache_build_s, cache_load_s = time_cache(data_dir, args.image_size,
+                                             n_images)
+    fast = dcgan.get_dataloader(args.batch_size, args.image_size, data_dir,
+                                n_images)
+    epoch_images = (FULL_EPOCH_IMAGES if not args.quick
+                    else len(fast.dataset))
+
+    course = {workers: course_loader(image_root, args.batch_size,
+                                     args.image_size, workers)
+              for workers in (0, 2)}
+    # name: (loader, autocast dtype, channels_last); the last row is the
+    # default path
+    rows = {
+        'course recipe, num_workers=0': (course[0], None, False),
+        'decoded once, fp32': (fast, None, False),
+        'decoded once, fp32, channels_last': (fast, None, True),
+    }
+    if amp_dtype is not None:
+        rows['decoded once, bf16 autocast, channels_last'] = (
+            fast, amp_dtype, True)
+    default_name = list(rows)[-1]
+
+    flops = train_flops_per_image(args, device)
+    peaks = {None: matmul_flops_per_s(device, torch.float32)}
+    if amp_dtype is not None:
+        peaks[amp_dtype] = matmul_flops_per_s(device, amp_dtype)
+
+    # The worker processes of num_workers=2 decode ahead in the background,
+    # so that row gets one block of its own: interleaved, its decoding would
+    # run in others' turns.
+    workers_step = make_stepper(course[2], args, device, None, False)
+    workers_rate, workers_peak = time_segment(workers_step, args.steps,
+                                              args.batch_size, device)
+    del workers_step  # ends its worker processes before the other rows run
+    steppers = {name: make_stepper(loader, args, device, dtype, channels_last)
+                for name, (loader, dtype, channels_last) in rows.items()}
+    rates, peak_mb = time_interleaved(steppers, args, device)
+    course_rates = rates['course recipe, num_workers=0']
+
+    def row(name, rates_, peak, dtype):
+        img_per_s = statistics.median(rates_)
+        speedups = round_speedups(rates_, course_rates)
+        return {'name': name, 'default': name == default_name,
+                'img_per_s': img_per_s, 'epoch_s': epoch_images / img_per_s,
+                'speedup': statistics.median(speedups),
+                'speedup_min': min(speedups), 'speedup_max': max(speedups),
+                'flop_fraction': flops * img_per_s / peaks[dtype],
+                'peak_rss_mb': peak}
+
+    results = [row(name, rates[name], peak_mb[name], dtype)
+               for name, (_, dtype, _) in rows.items()]
+    results.insert(1, row('course recipe, num_workers=2', [workers_rate],
+                          workers_peak, None))
+    default = next(row for row in results if row['default'])
+    gpu = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+           else None)
+    return {
+        'cpu': cpu_type(), 'device': str(device), 'gpu': gpu,
+        'torch': torch.__version__, 'python': platform.python_version(),
+        'threads': torch.get_num_threads(), 'batch_size': args.batch_size,
+        'steps': args.steps, 'rounds': args.rounds,
+        'epoch_images': epoch_images, 'train_mflop_per_image': flops / 1e6,
+        'matmul_gflop_per_s': {str(k or torch.float32): v / 1e9
+                               for k, v in peaks.items()},
+        'cache_build_s': cache_build_s, 'cache_load_s': cache_load_s,
+        **{key: default[key] for key in ('speedup', 'img_per_s', 'epoch_s',
+                                         'peak_rss_mb', 'flop_fraction')},
+        'rows': results,
+    }
+
+
+def format_table(report):
+    """The report as a Markdown table plus a few lines of context."""
+    lines = ['| path | images/s | epoch (s) | speed-up (range over rounds) | '
+             'share of matmul peak | peak RSS (MB) |',
+             '|---|---:|---:|---:|---:|---:|']
+    for row in report['rows']:
+        mark = ' **(default)**' if row['default'] else ''
+        spread = (f" ({row['speedup_min']:.2f}-{row['speedup_max']:.2f})"
+                  if row['speedup_max'] > row['speedup_min'] else '')
+        lines.append(f"| {row['name']}{mark} | {row['img_per_s']:,.0f} | "
+                     f"{row['epoch_s']:.1f} | {row['speedup']:.2f}x{spread} | "
+                     f"{row['flop_fraction']:.0%} | "
+                     f"{row['peak_rss_mb']:,.0f} |")
+    where = report['gpu'] or f"{report['cpu']}, {report['threads']} threads"
+    peaks = ', '.join(f'{k.replace("torch.", "")} {v:,.0f}'
+                      for k, v in report['matmul_gflop_per_s'].items())
+    lines += [
+        '',
+        f"Measured on {where}, torch {report['torch']}; batch "
+        f"{report['batch_size']}, {report['steps']} timed steps per row in "
+        f"{report['rounds']} interleaved rounds (num_workers=2: one block); "
+        f"medians over rounds; epoch = {report['epoch_images']:,} images.",
+        f"Training step: {report['train_mflop_per_image']:.0f} MFLOP per "
+        f"image; matmul peak (GFLOP/s): {peaks}.",
+        f"Decode cache: built in {report['cache_build_s']:.1f} s, loaded "
+        f"again in {report['cache_load_s']:.2f} s. Peak RSS: this process "
+        f"during the row (DataLoader workers not included)."]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = run(args)
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')
+        print(f'wrote {args.json}')
+    return report
+
+
+if __name__ == '__main__':
+    main()

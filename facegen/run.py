@@ -1,0 +1,209 @@
+"""The training run around the learner's loop: checkpoints after every
+epoch, exact resume, the learning-rate schedule, and clear messages when a
+run is interrupted or diverges; plus the published generator file.
+"""
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import optim
+
+from .files import CheckpointError, load_checkpoint, save_checkpoint
+from .plots import save_image_grid
+from .sampling import generate
+
+# Settings that may change between a run and its resumption without
+# changing what is trained.
+_RESUMABLE_CHANGES = {'n_epochs', 'print_every'}
+GENERATOR_KEYS = ('state_dict', 'config', 'score')
+
+
+def linear_decay(optimizer, total_steps):
+    """A scheduler that lowers optimizer's learning rate linearly, one step
+    per batch, to 0 after total_steps batches."""
+    return optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0,
+                                       end_factor=0.0, total_iters=total_steps)
+
+
+def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples,
+                   scores, seconds=()):
+    """The checkpoint for the end of an epoch: weights, the states of the
+    optimizers (and of any schedulers among them), losses, the fixed noise,
+    its samples, the scores and training seconds of the epochs so far and
+    the random-number state, as tensors and plain values."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {
+        'config': dict(config), 'epoch': epoch,
+        **{name: net.state_dict() for name, net in nets.items()},
+        **{name: optimizer.state_dict()
+           for name, optimizer in optimizers.items()},
+        'losses': {name: list(values) for name, values in losses.items()},
+        'fixed_z': fixed_z.detach().cpu(),
+        'samples': torch.stack(samples),  # (epochs, N, 3, S, S) in [-1, 1]
+        'scores': [float(score) for score in scores],  # one per epoch, or []
+        'seconds': [float(second) for second in seconds],  # one per epoch
+        'rng': {'torch': torch.get_rng_state(), 'cuda': cuda},
+    }
+
+
+def _check_same_recipe(saved, config, path):
+    """Refuse to resume a run whose settings differ in anything but its
+    length (and in its length too when the learning rates fall to 0 over
+    it: that changes the schedule)."""
+    free = _RESUMABLE_CHANGES - ({'n_epochs'} if config.get('lr_decay')
+                                 else set())
+    changed = sorted(key for key in set(saved) | set(config)
+                     if key not in free and saved.get(key) != config.get(key))
+    if changed:
+        diffs = ', '.join(f'{key} {saved.get(key)!r} there, '
+                          f'{config.get(key)!r} here' for key in changed)
+        raise ValueError(
+            f'{path} was saved by a run with other settings ({diffs}). '
+            f'Delete {Path(path).parent} to start a new run, or set run_dir '
+            f'to another folder.')
+
+
+def resume_training(path, config, nets, optimizers):
+    """Load the checkpoint at path, if there is one, into nets and
+    optimizers and restore the random-number state, so training goes on
+    exactly where it stopped. Returns the checkpoint dict, or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    _check_same_recipe(state['config'], config, path)
+    for name, module in {**nets, **optimizers}.items():
+        module.load_state_dict(state[name])
+    torch.set_rng_state(state['rng']['torch'])
+    if state['rng']['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['rng']['cuda'])
+    print(f'Resuming from {path}: {state["epoch"]} of {config["n_epochs"]} '
+          f'epochs done.')
+    return state
+
+
+class TrainingRun:
+    """What a training loop needs besides the training: the checkpoint in
+    run_dir (resumed when there is one), the learning-rate schedulers, the
+    losses, fixed-noise samples and scores of every epoch so far.
+
+        run = TrainingRun(run_dir, config, D, G, d_opt, g_opt, loader, z)
+        for epoch in run.epochs_left():
+            with run.epoch(epoch):       # explains an interrupt or a NaN
+                d_losses, g_losses = ...  # one pass over loader
+            run.end_epoch(epoch, d_losses, g_losses, score)
+    """
+
+    def __init__(self, run_dir, config, D, G, d_optimizer, g_optimizer,
+                 loader, fixed_z):
+        if len(loader) == 0:
+            raise ValueError(
+                f'batch_size={loader.batch_size} is larger than the '
+                f'{len(loader.dataset)} training images, so an epoch has no '
+                f'full batch. Lower batch_size or train on more images.')
+        self.config, self.G = config, G
+        self.run_dir = Path(run_dir)
+        self.checkpoint = self.run_dir / 'checkpoint.pt'
+        self.nets = {'D': D, 'G': G}
+        optimizers = {'opt_D': d_optimizer, 'opt_G': g_optimizer}
+        schedulers = {}
+        if config['lr_decay']:  # lr reaches 0 after the last batch
+            total = config['n_epochs'] * len(loader)
+            schedulers = {'lr_D': linear_decay(d_optimizer, total),
+                          'lr_G': linear_decay(g_optimizer, total)}
+        self.schedulers = list(schedulers.values())
+        self.stateful = {**optimizers, **schedulers}  # saved with weights
+        self.losses, self.samples, self.scores = {'D': [], 'G': []}, [], []
+        self.seconds = []  # training time of each epoch, scoring left out
+        self.done, self.fixed_z = 0, fixed_z
+        state = resume_training(self.checkpoint, config, self.nets,
+                                self.stateful)
+        if state is not None:  # the fixed noise stays the same across runs
+            self.losses, self.scores = state['losses'], state['scores']
+            self.samples = list(state['samples'])
+            self.seconds = state.get('seconds', [])  # older runs: none
+            self.done = state['epoch']
+            self.fixed_z = state['fixed_z'].to(fixed_z.device)
+        self.device = fixed_z.device
+
+    def epochs_left(self):
+        """The epochs still to train, numbered from 1."""
+        return range(self.done + 1, self.config['n_epochs'] + 1)
+
+    def describe(self, epoch):
+        """'epoch 3/15', for progress bars and messages."""
+        return f'epoch {epoch}/{self.config["n_epochs"]}'
+
+    @contextmanager
+    def epoch(self, epoch):
+        """Time the epoch's training; on an interrupt or a non-finite loss,
+        say which checkpoint holds the last good epoch, then raise."""
+        last_good = (f'{self.checkpoint} holds epoch {epoch - 1}'
+                     if epoch > 1 else
+                     'no epoch has finished, so there is no checkpoint')
+        start = time.perf_counter()
+        try:
+            yield
+        except KeyboardInterrupt:  # raised on: the cells below must not run
+            print(f'Interrupted in epoch {epoch}: {last_good}. Run this '
+                  f'cell again to go on from there.')
+            raise
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f'{error} {last_good}. Start a new run (another run_dir) '
+                f'with a lower lr or another seed.') from None
+        self.seconds.append(time.perf_counter() - start)
+
+    def end_epoch(self, epoch, d_losses, g_losses, score=None):
+        """Keep the epoch's losses, score G (when score is given), print a
+        line, draw the fixed-noise samples and write the checkpoint."""
+        self.losses['D'] += d_losses
+        self.losses['G'] += g_losses
+        if score is not None:
+            self.scores.append(score(self.G))
+        scored = (f', score {self.scores[-1]:.1f}' if score is not None
+                  else '')
+        print(f'{self.describe(epoch)}: '
+              f'D loss {sum(d_losses) / len(d_losses):.3f}, '
+              f'G loss {sum(g_losses) / len(g_losses):.3f}{scored} '
+              f'({self.seconds[-1]:.1f} s)')
+        self.samples.append(generate(self.G, self.fixed_z))  # (n, 3, S, S)
+        save_image_grid(self.samples[-1],
+                        self.run_dir / 'samples' / f'epoch_{epoch:03d}.png')
+        save_checkpoint(self.checkpoint, training_state(
+            self.config, epoch, self.nets, self.stateful, self.losses,
+            self.fixed_z, self.samples, self.scores, self.seconds))
+
+
+def save_generator(path, G, config, score=None):
+    """Publish a trained generator: {'state_dict', 'config', 'score'}, where
+    config holds the Generator's keyword arguments (a plain dict) and score
+    the plain-number results it was published with. Written atomically."""
+    state = {'state_dict': {name: value.detach().cpu()
+                            for name, value in G.state_dict().items()},
+             'config': dict(config), 'score': score}
+    return save_checkpoint(path, state)
+
+
+def load_generator(path, generator_class, device='cpu'):
+    """The generator saved by save_generator, built with
+    generator_class(**config), its weights loaded (weights_only), on device
+    and in eval mode. Returns (G, info), info = {'config', 'score'}."""
+    state = load_checkpoint(path, map_location='cpu')
+    missing = [key for key in GENERATOR_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f'{path} is not a published generator: it lacks {missing}. '
+            f'Training checkpoints (run/checkpoint.pt) hold the generator '
+            f'under "G"; publish one with helpers.save_generator(path, G, '
+            f'config, score).')
+    G = generator_class(**state['config'])
+    try:
+        G.load_state_dict(state['state_dict'])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f'The weights in {path} do not fit {generator_class.__name__}'
+            f'(**{state["config"]}): {err}'.splitlines()[0]) from err
+    return G.to(device).eval(), {key: state[key] for key in ('config',
+                                                              'score')}

@@ -1,0 +1,74 @@
+"""Figures the code measured reach the README and the notebook's text only
+through the JSON it wrote: a test holds each copy to its source."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from facegen import report
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = json.loads((ROOT / 'assets' / 'run.json').read_text('utf-8'))
+
+
+def notebook_cells():
+    notebook = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
+        encoding='utf-8'))
+    return notebook['cells']
+
+
+def test_readme_results_table_is_made_from_run_json():
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    assert report.with_results_table(readme, FIGURES) == readme, (
+        'README.md differs from assets/run.json: run python -m facegen.report')
+
+
+def test_run_json_belongs_to_the_published_generator():
+    state = torch.load(ROOT / 'assets' / 'generator.pt', weights_only=True)
+    for key in ('swd', 'floor', 'memorisation'):
+        assert FIGURES['score'][key] == round(state['score'][key], 2), key
+    assert FIGURES['config']['n_epochs'] == len(FIGURES['epoch_scores'])
+    assert not FIGURES['config']['quick']
+
+
+def test_the_notebook_printed_the_committed_figures():
+    code = [cell for cell in notebook_cells() if cell['cell_type'] == 'code']
+    printed = ''.join(''.join(out.get('text', ''))
+                      for cell in code for out in cell.get('outputs', []))
+    assert report.results_table(FIGURES) in printed
+
+
+def measured_values():
+    """Every number in run.json, as the text would round it."""
+    values = set()
+
+    def walk(item):
+        if isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, list):
+            for value in item:
+                walk(value)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            for digits in (0, 1, 2):
+                values.add(f'{item:.{digits}f}')
+    walk(FIGURES)
+    score = FIGURES['score']
+    values.add(f"{score['swd'] / FIGURES['score']['floor']:.1f}")
+    return values
+
+
+def strengths_text():
+    cells = [''.join(cell['source']) for cell in notebook_cells()
+             if cell['cell_type'] == 'markdown']
+    return next(text for text in cells
+                if text.startswith('## Strengths and weaknesses'))
+
+
+@pytest.mark.parametrize('number', sorted(set(re.findall(
+    r'(?<![\w.])\d+\.\d+(?![\w.])', strengths_text()))))
+def test_measured_numbers_in_the_notebook_text_come_from_run_json(number):
+    assert number in measured_values(), (
+        f'{number} in "Strengths and weaknesses" is not in assets/run.json')
