@@ -325,36 +325,16 @@ def test_evaluate_refuses_to_score_a_named_zip_against_other_data(
 
 def test_evaluate_scores_the_named_zip_in_its_own_folder(published, checkout):
     _, weights = published
-    args = [
-        '--real',
-        'other.zip',
-        '--weights',
-        str(weights),
-        '--split',
-        'all',
-        '--n',
-        '100',
-        '--data-dir',
-        'other_faces',
-    ]
+    args = ['--real', 'other.zip', '--weights', str(weights), '--split',
+            'all', '--n', '100', '--data-dir', 'other_faces']
     assert evaluate.main(args)['n'] == 30  # the zip's 30 faces, not the 40
     assert evaluate.main(args)['n'] == 30  # extracted once, then reused
 
 
 def test_evaluate_scores_a_named_folder_in_place(published, checkout):
     _, weights = published
-    result = evaluate.main(
-        [
-            '--real',
-            'mine',
-            '--weights',
-            str(weights),
-            '--split',
-            'all',
-            '--n',
-            '100',
-        ]
-    )
+    result = evaluate.main(['--real', 'mine', '--weights', str(weights),
+                            '--split', 'all', '--n', '100'])
     assert result['n'] == 30
 
 
