@@ -159,7 +159,7 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
     row = {'variant': name, 'what': what,
            'precision': str(amp_dtype or 'fp32'), 'steps': steps,
            'epochs': round(steps / len(loader), 2), 'cpu_s': budget_s,
-           'wall_s': round(wall, 1), **score}
+           'wall_s': round(wall, 1), 'seed': args.seed, **score}
     out_dir = Path(args.out_dir)
     save_generator(out_dir / f'{name}.pt', scored, generator_config, row)
     # one line per variant, kept if a later one fails
@@ -171,14 +171,14 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
 
 
 def markdown_table(rows, floor_swd):
-    """The results as a Markdown table, best score first."""
-    lines = ['| variant | SWD (floor %.2f) | × floor | memorisation | epochs '
-             '| wall s |' % floor_swd, '|---|---:|---:|---:|---:|---:|']
+    """The results as the Markdown table of experiments/README.md, best
+    score first."""
+    lines = ['| variant | seed | SWD | × floor | memorisation | epochs |',
+             '|---|---:|---:|---:|---:|---:|']
     for row in sorted(rows, key=lambda r: r['swd']):
-        lines.append(f"| {row['what']} | {row['swd']:.2f} | "
+        lines.append(f"| {row['what']} | {row['seed']} | {row['swd']:.1f} | "
                      f"{row['swd'] / floor_swd:.2f} | "
-                     f"{row['memorisation']:.2f} | {row['epochs']} | "
-                     f"{row['wall_s']} |")
+                     f"{row['memorisation']:.2f} | {row['epochs']:.2f} |")
     return '\n'.join(lines)
 
 

@@ -72,3 +72,32 @@ def strengths_text():
 def test_measured_numbers_in_the_notebook_text_come_from_run_json(number):
     assert number in measured_values(), (
         f'{number} in "Strengths and weaknesses" is not in assets/run.json')
+
+
+def test_experiments_readme_comparison_table_is_made_from_compare_json():
+    from experiments import compare
+    saved = json.loads((ROOT / 'assets' / 'compare.json').read_text('utf-8'))
+    table = compare.markdown_table(saved['rows'], saved['floor_swd'])
+    readme = (ROOT / 'experiments' / 'README.md').read_text(encoding='utf-8')
+    assert table in readme, 'copy the table python -m experiments.compare gives'
+
+
+BATCH_NORM_MOMENTUM = '0.1'  # a setting the text explains, not a result
+
+
+def cells_citing_the_experiments():
+    return [''.join(cell['source']) for cell in notebook_cells()
+            if cell['cell_type'] == 'markdown'
+            and 'experiments/README.md' in ''.join(cell['source'])
+            and not ''.join(cell['source']).startswith('## Strengths')]
+
+
+@pytest.mark.parametrize('number', sorted({
+    number for text in cells_citing_the_experiments()
+    for number in re.findall(r'(?<![\w.])\d+\.\d+(?![\w.])', text)}))
+def test_comparison_figures_in_the_notebook_text_come_from_compare_json(
+        number):
+    saved = json.loads((ROOT / 'assets' / 'compare.json').read_text('utf-8'))
+    swd = {f"{row['swd']:.1f}" for row in saved['rows']}
+    assert number in swd | {BATCH_NORM_MOMENTUM}, (
+        f'{number} is not an SWD in assets/compare.json')
