@@ -16,18 +16,24 @@ class FaceDataset(Dataset):
     """Decoded faces (uint8) served as (float image in [0, 1], label 0)."""
 
     def __init__(self, images):
+        """Keep images, a uint8 tensor (N, 3, S, S) with values 0-255."""
         self.images = images  # uint8 (N, 3, S, S)
 
     def __len__(self):
+        """The number of images."""
         return len(self.images)
 
     def __getitem__(self, index):
+        """Image index as floats (3, S, S) in [0, 1], and the label 0."""
         return self.images[index].float() / 255, 0  # (3, S, S) in [0, 1]
 
 
 def get_dataloader(batch_size, image_size, data_dir='processed_celeba_small/',
                    n_images=None):
-    """Shuffled batches of (images, labels); images are floats in [0, 1]."""
+    """Shuffled batches of (images, labels) from the training faces under
+    data_dir (never the held-out ones); images are floats in [0, 1] of shape
+    (batch_size, 3, image_size, image_size). n_images: only the first
+    n_images training faces (None: all)."""
     # split='train': the 2,600 held-out faces stay unseen, for the quality score
     images = helpers.load_faces(data_dir, image_size, n_images,
                                 split='train')  # (N, 3, S, S) uint8
@@ -68,6 +74,9 @@ class Discriminator(nn.Module):
     """Images (N, 3, S, S) in [-1, 1] -> one real/fake logit each, (N, 1)."""
 
     def __init__(self, conv_dim, image_size=32):
+        """The layers for image_size x image_size images: strided
+        convolutions from conv_dim channels, doubling, down to 4x4, then one
+        linear layer to a single logit."""
         super().__init__()
         steps = n_resolution_steps(image_size)
         blocks = [conv_block(3, conv_dim, batch_norm=False)]
@@ -80,6 +89,7 @@ class Discriminator(nn.Module):
         self.classify = nn.Linear(conv_dim * 2 ** (steps - 1) * 4 * 4, 1)
 
     def forward(self, x):
+        """x (N, 3, S, S) -> logits (N, 1)."""
         x = self.features(x).flatten(1)  # (N, conv_dim*4 * 4*4) for S=32
         return self.classify(x)  # (N, 1) logits
 
@@ -98,6 +108,9 @@ class Generator(nn.Module):
     """Latent vectors (N, z_size) -> images (N, 3, S, S) in [-1, 1]."""
 
     def __init__(self, z_size, conv_dim, image_size=32):
+        """The layers for image_size x image_size images: a linear layer to
+        a 4x4 feature map, transposed convolutions halving the channels down
+        to conv_dim, then one to 3 channels and tanh."""
         super().__init__()
         steps = n_resolution_steps(image_size)
         self.top_channels = conv_dim * 2 ** (steps - 1)
@@ -114,6 +127,7 @@ class Generator(nn.Module):
         self.upsample = nn.Sequential(*blocks)
 
     def forward(self, z):
+        """z (N, z_size) -> images (N, 3, S, S) in [-1, 1]."""
         x = self.project(z)  # (N, conv_dim*4 * 4*4) for S=32
         x = x.view(-1, self.top_channels, 4, 4)  # (N, conv_dim*4, 4, 4)
         return self.upsample(x)  # (N, 3, S, S)
@@ -153,7 +167,8 @@ def fake_loss(D_out):
 
 
 def build_optimizers(D, G, lr, betas):
-    """One Adam optimizer per network, with the same settings."""
+    """One Adam optimizer per network, with the same settings; returns
+    (d_optimizer, g_optimizer)."""
     d_optimizer = optim.Adam(D.parameters(), lr=lr, betas=betas)
     g_optimizer = optim.Adam(G.parameters(), lr=lr, betas=betas)
     return d_optimizer, g_optimizer
@@ -161,7 +176,9 @@ def build_optimizers(D, G, lr, betas):
 
 def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
                smooth=False, amp_dtype=None):
-    """One D update, then one G update; real_images (N, 3, S, S) in [0, 1]."""
+    """One D update, then one G update on real_images (N, 3, S, S) in
+    [0, 1]; returns the two losses as Python floats (d_loss, g_loss). With
+    amp_dtype (e.g. torch.bfloat16) the forward passes run under autocast."""
     device = real_images.device
 
     def forward():  # mixed precision for forward passes and losses only

@@ -14,8 +14,8 @@ from facegen.runtime import (choose_device, choose_precision,
 # Data: fetch the faces, decode them once into a cached uint8 tensor, and
 # keep 2,600 of them aside (held out) for the score
 from facegen.fetch import count_images, prepare_data
-from facegen.faces import (HELD_OUT_SIZE, load_faces, metrics_cache_dir,
-                           split_files)
+from facegen.faces import (HELD_OUT_SIZE, is_training_file, load_faces,
+                           metrics_cache_dir, split_files)
 
 # The training run: checkpoint, resume, schedule, interrupt and divergence
 from facegen.files import CheckpointError, load_checkpoint, save_checkpoint
@@ -43,7 +43,8 @@ from facegen.report import results_table, run_figures, write_figures
 __all__ = [
     'check_config', 'quick_mode', 'choose_device', 'choose_precision',
     'count_parameters', 'cpu_name', 'cpu_type', 'seed_everything',
-    'prepare_data', 'HELD_OUT_SIZE', 'count_images', 'load_faces',
+    'prepare_data', 'HELD_OUT_SIZE', 'count_images', 'is_training_file',
+    'load_faces',
     'metrics_cache_dir', 'split_files', 'CheckpointError', 'load_checkpoint',
     'save_checkpoint', 'TrainingRun', 'load_generator', 'save_generator',
     'plot_losses', 'plot_scores', 'samples_over_epochs', 'save_image_grid',

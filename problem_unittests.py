@@ -10,14 +10,20 @@ The tests seed their own random numbers inside ``torch.random.fork_rng()``, so
 calling them does not change the notebook's random stream. Models are built on
 the CPU, and inputs always go to the device of the model's parameters. This file
 imports nothing from the project.
+
+An exercise that is not written yet (its body raises NotImplementedError) gets
+a one-line message starting 'not written yet: ' instead of a traceback.
 """
 
 import collections
 import contextlib
 import copy
+import dis
 import functools
+import hashlib
 import io
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, optim
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
 SEED = 0
@@ -47,26 +54,106 @@ def _check(condition, message):
 
 def _call(what, hint, fn, *args, **kwargs):
     """Return fn(*args, **kwargs); an error inside it becomes an
-    AssertionError naming the call.
+    AssertionError naming the call. hint is a string, or a function of
+    the error that returns (hint, whether to keep only the error's first
+    sentence). A stub's NotImplementedError goes through untouched, for
+    _unit_test to report.
     """
     try:
         return fn(*args, **kwargs)
     except Exception as error:  # the learner's error, reported with its context
+        if isinstance(error, NotImplementedError) and _not_written(error):
+            raise
+        text, brief = str(error), False
+        if callable(hint):
+            hint, brief = hint(error)
+        if brief:  # the rest of torch's message points away from the fix
+            text = text.split('\n')[0].split('. ')[0].rstrip('.') + '.'
         raise AssertionError(
-            f'{what} raised {type(error).__name__}: {error}\nHint: {hint}'
+            f'{what} raised {type(error).__name__}: {text}\nHint: {hint}'
         ) from error
+
+
+# Code that is not the learner's: where a NotImplementedError is not a stub's
+_LIBRARIES = {'torch', 'torchvision', 'PIL', 'numpy', 'tqdm', __name__}
+
+
+def _frames(traceback):
+    """The frames of a traceback, outermost first."""
+    while traceback is not None:
+        yield traceback.tb_frame
+        traceback = traceback.tb_next
+
+
+def _is_library(frame):
+    """Whether frame runs code of torch, the standard library or this file."""
+    module = frame.f_globals.get('__name__', '').split('.')[0]
+    return module in _LIBRARIES or module in sys.stdlib_module_names
+
+
+_RAISES = {dis.opmap.get(name) for name in ('RAISE_VARARGS', 'RERAISE')}
+
+
+def _not_written(error):
+    """Whether a NotImplementedError comes from a stub: a raise statement
+    in the learner's code, nn.Module's for a missing forward(), or a
+    DataLoader worker passing one on; not a torch operator's error.
+    """
+    if 'Original Traceback' in str(error):  # re-raised from a worker
+        return True
+    last = error.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    if last is None:
+        return False
+    code = last.tb_frame.f_code
+    # a raise statement, not an error from C code called on that line
+    raised = 0 <= last.tb_lasti < len(code.co_code) and (
+        code.co_code[last.tb_lasti] in _RAISES
+    )
+    return raised and (
+        not _is_library(last.tb_frame)
+        or code.co_name == '_forward_unimplemented'
+    )
+
+
+def _not_written_message(exercise, error):
+    """'not written yet: <exercise> (<where> raised ...). Hint: ...'."""
+    text = str(error).strip()
+    if 'Original Traceback' in text:  # keep the worker's last line only
+        text = text.splitlines()[-1].removeprefix('NotImplementedError:')
+    text = text.strip()
+    own = [f for f in _frames(error.__traceback__) if not _is_library(f)]
+    code = own[-1].f_code if own else None
+    where = getattr(code, 'co_qualname', getattr(code, 'co_name', exercise))
+    where = where.split('.<locals>.')[-1]  # 'Discriminator.__init__'
+    raised = 'NotImplementedError' + (f': {text}' if text else '')
+    if where != exercise:
+        raised = f'{where} raised {raised}'
+    return (
+        f'not written yet: {exercise} ({raised}). Hint: write it in the cell '
+        f'above, then run this check again.'
+    )
 
 
 def _unit_test(test):
     """Run test with a fixed seed on a forked RNG; print 'Tests Passed'
-    if nothing failed.
+    if nothing failed. A stub that raises NotImplementedError fails with
+    'not written yet: ...' and no traceback.
     """
+    exercise = test.__code__.co_varnames[0]  # what the learner wrote
 
     @functools.wraps(test)
     def run(*args, **kwargs):
         with torch.random.fork_rng():
             torch.manual_seed(SEED)
-            test(*args, **kwargs)
+            try:
+                test(*args, **kwargs)
+            except NotImplementedError as error:
+                if not _not_written(error):
+                    raise
+                message = _not_written_message(exercise, error)
+                raise AssertionError(message) from None
         print('Tests Passed')
 
     return run
@@ -224,12 +311,143 @@ def _write_faces(root, n_images=32, size=64):
     return Path(root)
 
 
+# The project keeps 1 in 10 images (at most 2,600: 2,600 of the course's
+# 32,600) aside for the score: those whose path under data_dir has the lowest
+# SHA-1. helpers.load_faces(..., split='train') leaves them out.
+_HELD_OUT_SIZE, _HELD_OUT_MAX_SHARE = 2600, 10
+# Distinct flat colours (levels 64 apart) that tell the served images apart
+_LEVELS = (32, 96, 160, 224)
+_SPLIT_FILES = 40  # 4 held out, 36 for training: 9 batches of 4
+_SPLIT_BATCH, _SPLIT_SIZE, _SPLIT_FIRST = 4, 16, 12
+
+
+def _held_out(names):
+    """The held-out names among names (relative POSIX paths of every image
+    under data_dir), by the project's rule.
+    """
+    count = min(_HELD_OUT_SIZE, len(names) // _HELD_OUT_MAX_SHARE)
+    by_hash = sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+    return set(by_hash[:count])
+
+
+def _palette(index):
+    """The flat RGB colour of image number index."""
+    return tuple(_LEVELS[index // 4**channel % 4] for channel in range(3))
+
+
+def _write_flat_faces(root, n_images=_SPLIT_FILES, size=32):
+    """Write n_images flat-coloured JPEGs as root/celeba/*.jpg, each its own
+    colour; return root and the image names (relative paths), in order.
+    """
+    folder = Path(root) / 'celeba'
+    folder.mkdir(parents=True)
+    names = []
+    for i in range(n_images):
+        Image.new('RGB', (size, size), _palette(i)).save(
+            folder / f'{i:06d}.jpg', quality=95
+        )
+        names.append(f'celeba/{i:06d}.jpg')
+    return Path(root), names
+
+
+def _served(loader, names, what):
+    """The names of the images one pass over loader serves, told apart by
+    their colour.
+    """
+    colours = torch.tensor([_palette(i) for i in range(len(names))]).float()
+    served = []
+    for batch in _call(
+        f'iterating over {what}',
+        'check that each item is (image, label) with image a (3, S, S) tensor.',
+        list,
+        loader,
+    ):
+        images = batch[0].detach().float().flatten(2).mean(2) * 255  # (N, 3)
+        distance, index = (images[:, None] - colours).abs().amax(2).min(1)
+        _check(
+            distance.max().item() < 16,
+            f'{what} served an image of mean colour '
+            f'{[round(v) for v in images[distance.argmax()].tolist()]} / 255, '
+            f'which matches none of the flat-coloured files in DATA_DIR; '
+            f'expected each image as it is in its file, in [0, 1]. Hint: '
+            f'divide the uint8 pixels by 255 and change nothing else.',
+        )
+        served += [names[i] for i in index.tolist()]
+    return served
+
+
+def _listed(names, limit=3):
+    """'a, b, c and 2 more', for messages."""
+    more = len(names) - limit
+    return ', '.join(names[:limit]) + (f' and {more} more' if more > 0 else '')
+
+
+_SPLIT_HINT = (
+    "load the images with helpers.load_faces(data_dir, image_size, "
+    "n_images, split='train'); with ImageFolder, pass "
+    "is_valid_file=helpers.is_training_file(data_dir)."
+)
+
+
+def _check_split(get_dataloader, root):
+    """The loader serves the training split only, all of it or its first
+    n_images images, and takes n_images as its 4th parameter.
+    """
+    data_dir, names = _write_flat_faces(root)
+    held_out = _held_out(names)
+    training = [name for name in names if name not in held_out]
+    for n_images in (None, _SPLIT_FIRST):
+        what = (
+            f'get_dataloader({_SPLIT_BATCH}, {_SPLIT_SIZE}, DATA_DIR, '
+            f'{n_images})'
+        )
+        loader = _call(
+            what,
+            'take n_images as the 4th parameter, get_dataloader(batch_size, '
+            'image_size, data_dir, n_images=None): the notebook calls '
+            'get_dataloader(batch_size, image_size, data_dir, n_images).',
+            get_dataloader,
+            _SPLIT_BATCH,
+            _SPLIT_SIZE,
+            str(data_dir),
+            n_images,
+        )
+        served = _served(loader, names, what)
+        leaked = sorted(set(served) & held_out)
+        _check(
+            not leaked,
+            f'{what} served {len(leaked)} of the {len(held_out)} held-out '
+            f'faces of DATA_DIR ({_listed(leaked)}); expected the training '
+            f'split only: the project keeps 1 in 10 faces (2,600 of the '
+            f'32,600) aside to score the generator on faces it never saw. '
+            f'Hint: {_SPLIT_HINT}',
+        )
+        expected = training[:n_images]
+        if n_images is not None:
+            _check(
+                len(served) <= n_images,
+                f'{what} served {len(served)} images in one pass; expected '
+                f'the first n_images={n_images} training images only. Hint: '
+                f'pass n_images on to helpers.load_faces (or keep '
+                f'torch.utils.data.Subset(dataset, range(n_images))).',
+            )
+        missing = sorted(set(expected) - set(served))
+        _check(
+            not missing,
+            f'{what} served {len(set(served))} different images in one pass '
+            f'and never {_listed(missing)}; expected each of the '
+            f'{len(expected)} {"first " * bool(n_images)}training images '
+            f'(sorted by path, held-out faces left out) once. Hint: '
+            f'{_SPLIT_HINT} n_images keeps the first n_images of them.',
+        )
+
+
 @_unit_test
 def test_get_dataloader(get_dataloader):
-    """get_dataloader(batch_size, image_size, data_dir) yields shuffled
-    float images in [0, 1].
+    """get_dataloader(batch_size, image_size, data_dir, n_images) yields
+    shuffled float images in [0, 1], from the training split only.
 
-    It runs on a small folder of made-up JPEGs laid out like the course data, so
+    It runs on small folders of made-up JPEGs laid out like the course data, so
     it is quick and never touches your copy of the data.
     """
     # only the verdict is printed
@@ -237,6 +455,7 @@ def test_get_dataloader(get_dataloader):
             contextlib.redirect_stdout(io.StringIO()):
         data_dir = _write_faces(Path(scratch) / 'faces')
         _check_loader(get_dataloader, data_dir)
+        _check_split(get_dataloader, Path(scratch) / 'flat_faces')
 
 
 def _check_loader(get_dataloader, data_dir):
@@ -338,10 +557,149 @@ def test_scale(scale):
 # ------------------------------------------------------------------------------
 
 
+_Op = collections.namedtuple('_Op', 'name args kwargs out')
+_CONVOLUTIONS = {'conv2d', 'conv_transpose2d'}
+_ACTIVATIONS = {
+    'relu', 'relu_', 'leaky_relu', 'leaky_relu_', 'elu', 'elu_', 'selu',
+    'celu', 'gelu', 'silu', 'mish', 'prelu', 'rrelu', 'rrelu_', 'relu6',
+    'hardtanh', 'hardswish', 'softplus',
+}
+
+
+class _Trace(TorchFunctionMode):
+    """Logs every torch function a forward pass calls (F.conv2d,
+    F.batch_norm, F.leaky_relu, ...), whether through nn layers or
+    directly.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, '__name__', '')
+        self.ops.append(_Op(name, args, kwargs, out))
+        return out
+
+
+def _trace(net, x):
+    """The torch functions net(x) calls, in order."""
+    with torch.no_grad(), _Trace() as trace:
+        net(x)
+    return trace.ops
+
+
+def _channels(tensor):
+    """The channel count of a (N, C, H, W) tensor, or None."""
+    is_map = isinstance(tensor, torch.Tensor) and tensor.dim() == 4
+    return tensor.shape[1] if is_map else None
+
+
+def _slope(op):
+    """The negative slope of a leaky_relu call."""
+    if 'negative_slope' in op.kwargs:
+        return float(op.kwargs['negative_slope'])
+    return float(op.args[1]) if len(op.args) > 1 else 0.01
+
+
+def _check_discriminator_rules(ops, conv_dim, what):
+    """D's width, batch-norm placement and activations follow the rules."""
+    convolutions = [i for i, op in enumerate(ops) if op.name == 'conv2d']
+    _check(
+        bool(convolutions),
+        f'{what} calls no 2-D convolution; expected strided nn.Conv2d '
+        f'layers. Hint: nn.Conv2d(3, conv_dim, 4, stride=2, padding=1), ...',
+    )
+    first = convolutions[0]
+    width = _channels(ops[first].out)
+    _check(
+        width == conv_dim,
+        f'{what}: its first convolution gives {width} channels; expected '
+        f'conv_dim={conv_dim}: conv_dim sets the width of the network. '
+        f'Hint: nn.Conv2d(3, conv_dim, 4, stride=2, padding=1), then '
+        f'conv_dim*2, conv_dim*4, ...; no fixed channel counts.',
+    )
+    after = next(
+        (
+            i
+            for i, op in enumerate(ops)
+            if i > first and op.name in _CONVOLUTIONS | {'linear'}
+        ),
+        len(ops),
+    )
+    _check(
+        not any(op.name == 'batch_norm' for op in ops[first:after]),
+        f'{what} applies batch norm right after its first convolution; '
+        f'expected none there: the first layer\'s output still carries the '
+        f'images\' own colours and brightness, and normalising it makes '
+        f'training less stable. Hint: first convolution, then leaky ReLU; '
+        f'nn.BatchNorm2d from the second convolution on.',
+    )
+    hint = 'nn.LeakyReLU(0.2), or F.leaky_relu(x, 0.2) in forward().'
+    activations = [op for op in ops if op.name in _ACTIVATIONS]
+    for op in activations:
+        slope = _slope(op) if op.name.startswith('leaky_relu') else None
+        if op.name.startswith('relu') and op.name != 'relu6':
+            found = 'a plain ReLU (slope 0)'
+        elif slope is not None and math.isclose(slope, 0.01):
+            found = 'leaky ReLU with slope 0.01, nn.LeakyReLU\'s default'
+        elif slope is not None and not math.isclose(slope, 0.2):
+            found = f'leaky ReLU with slope {slope}'
+        elif slope is None:
+            found = f'{op.name}'
+        else:
+            continue
+        _fail(
+            f'{what} applies {found}; expected leaky ReLU with slope 0.2 '
+            f'everywhere in D, so that some gradient flows for negative '
+            f'inputs. Hint: {hint}'
+        )
+    _check(
+        bool(activations),
+        f'{what} applies no activation function; expected leaky ReLU with '
+        f'slope 0.2 after its convolutions. Hint: {hint}',
+    )
+
+
+def _check_generator_rules(ops, conv_dim, what):
+    """G's width and output layer follow the rules."""
+    convolutions = [i for i, op in enumerate(ops) if op.name in _CONVOLUTIONS]
+    _check(
+        bool(convolutions),
+        f'{what} calls no (transposed) convolution; expected '
+        f'nn.ConvTranspose2d layers. Hint: nn.ConvTranspose2d(..., '
+        f'kernel_size=4, stride=2, padding=1).',
+    )
+    last = convolutions[-1]  # the output layer
+    # the last transposed convolution (a refining conv may follow it)
+    transposed = [i for i in convolutions if ops[i].name == 'conv_transpose2d']
+    widest = transposed[-1] if transposed else last
+    width = _channels(ops[widest].args[0]) if ops[widest].args else None
+    _check(
+        width == conv_dim,
+        f'{what}: its last transposed convolution takes {width} channels; '
+        f'expected conv_dim={conv_dim}: conv_dim sets the width of the '
+        f'network. Hint: ... conv_dim*4 -> conv_dim*2 -> conv_dim, then '
+        f'nn.ConvTranspose2d(conv_dim, 3, 4, stride=2, padding=1); no fixed '
+        f'channel counts.',
+    )
+    _check(
+        not any(op.name == 'batch_norm' for op in ops[last:]),
+        f'{what} applies batch norm after its last transposed convolution; '
+        f'expected none on the output layer: batch norm there would force '
+        f'every batch of images to the same mean and spread of colours. '
+        f'Hint: nn.ConvTranspose2d(conv_dim, 3, ...) straight into tanh; '
+        f'nn.BatchNorm2d only after the earlier ones.',
+    )
+
+
 @_unit_test
 def test_discriminator(Discriminator):
     """Discriminator(conv_dim): (N, 3, 32, 32) -> (N, 1) logits,
-    strided convs, batch norm.
+    strided convs conv_dim wide at first, batch norm except after the
+    first, leaky ReLU with slope 0.2.
     """
     for conv_dim in (8, 16):
         what = f'Discriminator(conv_dim={conv_dim})'
@@ -391,12 +749,14 @@ def test_discriminator(Discriminator):
             f'Hint: remove the final sigmoid; the losses apply it themselves '
             f'(F.binary_cross_entropy_with_logits).',
         )
+        _check_discriminator_rules(_trace(D, x.detach()), conv_dim, what)
 
 
 @_unit_test
 def test_generator(Generator):
     """Generator(z_size, conv_dim): (N, z_size) -> (N, 3, 32, 32)
-    images in [-1, 1].
+    images in [-1, 1], a function of z, conv_dim channels before the
+    output layer, which has no batch norm.
     """
     for z_size, conv_dim in ((16, 8), (100, 16)):
         what = f'Generator(z_size={z_size}, conv_dim={conv_dim})'
@@ -437,6 +797,21 @@ def test_generator(Generator):
                 f'pixel difference {difference:.2g}); expected each z to give '
                 f'its own image. Hint: compute the first layer from z.',
             )
+        G.eval()  # batch norm from running statistics, dropout off
+        again = _call(f'{what}.eval() for z', hint, G, z)
+        once_more = G(z)
+        difference = (again - once_more).abs().max().item()
+        _check(
+            difference <= 1e-5,
+            f'{what}.eval() gave two different images for the same z '
+            f'(largest pixel difference {difference:.2g}); expected G to be '
+            f'a function of z, as the fixed-z samples and the explorer '
+            f'need. Hint: no torch.randn or F.dropout (it is on even in '
+            f'eval mode unless given training=self.training) in forward(); '
+            f'all the randomness is in z.',
+        )
+        G.train()
+        _check_generator_rules(_trace(G, z), conv_dim, what)
         _amplify(G)
         out = G(z)
         low, high = out.min().item(), out.max().item()
@@ -694,12 +1069,53 @@ _TINY_IMAGE = (3, 4, 4)  # tiny images keep the training-step test fast
 _TINY_Z = 6
 # gradients "left over from the previous step", for zero_grad() to clear
 _STALE_GRAD = 0.5
-# One logged event: a network call ('D'/'G': input x, output out) or an
-# optimizer step ('D step'/'G step': both networks' parameters and the stepped
-# network's gradients).
+# One logged event: a network call ('D'/'G': input x, output out, and
+# whether out is tracked by autograd) or an optimizer step ('D step'/'G step':
+# both networks' parameters and the stepped network's gradients).
 _Event = collections.namedtuple(
-    '_Event', 'kind x out params grads', defaults=(None,) * 4
+    '_Event', 'kind x out params grads tracked', defaults=(None,) * 5
 )
+
+# The three classic mistakes of a GAN training step, each named with its fix
+_NOT_DETACHED = (
+    'a classic GAN mistake: the fakes were not detached for D\'s step. '
+    'Without .detach(), d_loss.backward() also runs back through G: it adds '
+    'D\'s loss to G\'s gradients, or frees G\'s graph so that '
+    'g_loss.backward() fails (retain_graph=True is not the fix). Fix: '
+    'd_loss = real_loss(D(real_images), smooth) + '
+    'fake_loss(D(fake_images.detach())).'
+)
+_NO_GRAD_FAKES = (
+    'a classic GAN mistake: the fakes were made under torch.no_grad() (or '
+    'detached) and then used for G\'s step too, so g_loss has no path back '
+    'to G and G learns nothing. Fix: make fake_images = G(z) with gradients '
+    'on, and detach them only inside D\'s loss: '
+    'fake_loss(D(fake_images.detach())).'
+)
+_STALE_D = (
+    'a classic GAN mistake: G\'s loss came from D\'s verdict before '
+    'd_optimizer.step(), so G learns from the old D (and the step changes '
+    'the weights that g_loss.backward() needs). Fix: after '
+    'd_optimizer.step(), call D again: g_loss = real_loss(D(fake_images)).'
+)
+
+
+def _train_step_hint(error):
+    """The likely fix for an error raised inside train_step, and whether
+    it is one of the classic mistakes.
+    """
+    text = str(error)
+    for symptom, mistake in (
+        ('backward through the graph a second time', _NOT_DETACHED),
+        ('modified by an inplace operation', _STALE_D),
+        ('does not require grad', _NO_GRAD_FAKES),
+    ):
+        if symptom in text:
+            return mistake, True
+    return (
+        'use the arguments passed in (z_size, networks, optimizers) and make '
+        'z on real_images.device.'
+    ), False
 
 
 def _tiny_discriminator():
@@ -738,7 +1154,12 @@ class _Recorder(nn.Module):
     def forward(self, x):
         out = self.net(x)
         self.log.append(
-            _Event(self.name, x.detach().clone(), out.detach().clone())
+            _Event(
+                self.name,
+                x.detach().clone(),
+                out.detach().clone(),
+                tracked=out.requires_grad,
+            )
         )
         return out
 
@@ -794,7 +1215,10 @@ def _two_numbers(result, what):
         f'(d_loss, g_loss) of numbers. Hint: {hint}',
     )
     try:
-        numbers = tuple(float(value) for value in result)
+        numbers = tuple(
+            float(v.detach() if isinstance(v, torch.Tensor) else v)
+            for v in result
+        )
     except (TypeError, ValueError, RuntimeError):
         _fail(
             f'{what} returned ({", ".join(type(v).__name__ for v in result)}); '
@@ -804,7 +1228,39 @@ def _two_numbers(result, what):
         all(map(math.isfinite, numbers)),
         f'{what} returned {numbers}; expected two finite losses. Hint: {hint}',
     )
+    _check(
+        all(isinstance(value, float) for value in result),
+        f'{what} returned ({", ".join(type(v).__name__ for v in result)}); '
+        f'expected two Python floats: a loss tensor keeps its whole graph '
+        f'(and its memory) alive, and the loss plot after training needs '
+        f'plain numbers. Hint: {hint}',
+    )
     return numbers
+
+
+def _check_precision(log, amp_dtype, what):
+    """Every D and G forward pass ran in amp_dtype (float32 for None)."""
+    expected = amp_dtype or torch.float32
+    wrong = {}
+    for event in log:
+        if event.kind in ('D', 'G') and event.out.dtype != expected:
+            wrong.setdefault(event.kind, event.out.dtype)
+    ran = ' and '.join(f'{kind} gave {dtype}' for kind, dtype in wrong.items())
+    hint = (
+        'with torch.autocast(real_images.device.type, dtype=amp_dtype, '
+        'enabled=amp_dtype is not None): around the forward passes and the '
+        'losses, not the backward passes.'
+    )
+    _check(
+        not wrong or amp_dtype is not None,
+        f'{what}: {ran} outputs; expected float32 when amp_dtype is None: '
+        f'autocast only when an amp_dtype is given. Hint: {hint}',
+    )
+    _check(
+        not wrong,
+        f'{what}: {ran} outputs; expected {expected} outputs under '
+        f'autocast in every forward pass of D and G. Hint: {hint}',
+    )
 
 
 def _check_stepped(name, net, start, log, what):
@@ -862,27 +1318,46 @@ def _find_real_call(log, real_images, what):
     return found
 
 
-def _check_gradients(loss, net, grads, what, loss_name, hint):
-    """grads (logged at an optimizer step) equal the gradients of loss
-    for net's parameters.
-    """
-    expected = torch.autograd.grad(
+def _gradients(loss, net):
+    """The gradients of loss for net's parameters (zeros where unused)."""
+    grads = torch.autograd.grad(
         loss, list(net.parameters()), allow_unused=True
     )
-    dense = [
-        (
-            torch.zeros_like(p) if g is None else g,
-            torch.zeros_like(p) if e is None else e,
-        )
-        for p, g, e in zip(net.parameters(), grads, expected)
+    return [
+        torch.zeros_like(p) if g is None else g
+        for p, g in zip(net.parameters(), grads)
     ]
-    error = max((g - e).abs().max().item() for g, e in dense)
-    size = max(e.abs().max().item() for _, e in dense)
-    _check(
-        error <= 1e-5 + 1e-4 * size,
-        f'{what}: the gradients differ from those of {loss_name} alone by up '
-        f'to {error:.3g} (largest expected gradient {size:.3g}). Hint: {hint}',
-    )
+
+
+def _check_gradients(loss, net, grads, what, loss_name, hint, mistakes=()):
+    """grads (logged at an optimizer step) equal the gradients of loss
+    for net's parameters. mistakes: (extra gradients, hint) pairs; when
+    grads equal the expected ones plus an extra, that hint is given.
+    """
+    expected = _gradients(loss, net)
+    grads = [
+        torch.zeros_like(e) if g is None else g
+        for g, e in zip(grads, expected)
+    ]
+    size = max(e.abs().max().item() for e in expected)
+
+    def error(extra):
+        return max(
+            (g - e - x).abs().max().item()
+            for g, e, x in zip(grads, expected, extra)
+        )
+
+    found = error([0] * len(grads))
+    if found > 1e-5 + 1e-4 * size:
+        hint = next(
+            (h for extra, h in mistakes if error(extra) <= 1e-5 + 1e-4 * size),
+            hint,
+        )
+        _fail(
+            f'{what}: the gradients differ from those of {loss_name} alone by '
+            f'up to {found:.3g} (largest expected gradient {size:.3g}). '
+            f'Hint: {hint}'
+        )
 
 
 def _check_discriminator_step(log, step, real_call, d_loss, smooth, what):
@@ -939,11 +1414,12 @@ def _check_discriminator_step(log, step, real_call, d_loss, smooth, what):
         'call d_optimizer.zero_grad() before d_loss.backward(), to clear the '
         'gradients left from the previous step.',
     )
+    return others[0]
 
 
-def _check_generator_step(log, d_step, g_step, g_loss, what):
+def _check_generator_step(log, d_step, g_step, g_loss, fake_call, what):
     """g_loss = real_loss(D(G(z))) on the updated D, and G stepped on
-    exactly its gradients.
+    exactly its gradients. fake_call: D's call on the fakes in its step.
     """
     made = [e for e in log[:g_step] if e.kind == 'G']
     judged = [
@@ -955,8 +1431,7 @@ def _check_generator_step(log, d_step, g_step, g_loss, what):
         judged,
         f'{what}: D did not judge images from G between d_optimizer.step() '
         f'and g_optimizer.step(); expected the generator\'s loss to '
-        f'come from the updated D. Hint: after D\'s update, g_loss = '
-        f'real_loss(D(fake_images)), then step G.',
+        f'come from the updated D. Hint: {_STALE_D}',
     )
     out = judged[-1].out
     z = next(g.x for g in made if _same(judged[-1].x, g.out))
@@ -975,6 +1450,19 @@ def _check_generator_step(log, d_step, g_step, g_loss, what):
     params = log[g_step].params
     D = _with_parameters(_tiny_discriminator(), params['D'])
     G = _with_parameters(_tiny_generator(), params['G'])
+    stale = [torch.full_like(p, _STALE_GRAD) for p in G.parameters()]
+    zero_grad = (
+        'call g_optimizer.zero_grad() before g_loss.backward(), to clear the '
+        'gradients left from the previous step.'
+    )
+    mistakes = [(stale, zero_grad)]
+    # Undetached fakes: d_loss.backward() also reached G through them
+    source = next((g.x for g in made if _same(fake_call.x, g.out)), None)
+    if source is not None:
+        old_D = _with_parameters(_tiny_discriminator(), log[d_step].params['D'])
+        leak = _gradients(_bce(old_D(G(source)), 0.0), G)
+        both = [a + b for a, b in zip(leak, stale)]
+        mistakes += [(leak, _NOT_DETACHED), (both, _NOT_DETACHED)]
     _check_gradients(
         _bce(D(G(z)), 1.0),
         G,
@@ -983,6 +1471,7 @@ def _check_generator_step(log, d_step, g_step, g_loss, what):
         'g_loss',
         'call g_optimizer.zero_grad() before g_loss.backward(), and use '
         'fake_images.detach() in D\'s step.',
+        mistakes,
     )
 
 
@@ -1010,8 +1499,7 @@ def _check_train_step(train_step, smooth):
     )
     result = _call(
         what,
-        'use the arguments passed in (z_size, networks, optimizers) and make '
-        'z on real_images.device.',
+        _train_step_hint,
         train_step,
         D,
         G,
@@ -1022,6 +1510,7 @@ def _check_train_step(train_step, smooth):
         smooth=smooth,
     )
     d_loss, g_loss = _two_numbers(result, what)
+    _check_precision(log, None, what)
     _check(
         torch.equal(real_images, given),
         f'{what} changed real_images in place; expected the caller\'s '
@@ -1030,9 +1519,18 @@ def _check_train_step(train_step, smooth):
     )
     real_call = _find_real_call(log, given, what)
     d_step = _check_stepped('D', D.net, start['D'], log, what)
-    _check_discriminator_step(log, d_step, real_call, d_loss, smooth, what)
+    fake_call = _check_discriminator_step(
+        log, d_step, real_call, d_loss, smooth, what
+    )
+    made = [event for event in log if event.kind == 'G']
+    _check(
+        not made or any(event.tracked for event in made),
+        f'{what}: none of G\'s images carried a gradient back to G (G was '
+        f'called {len(made)} time(s)), so g_loss.backward() cannot reach G. '
+        f'Hint: {_NO_GRAD_FAKES}',
+    )
     g_step = _check_stepped('G', G.net, start['G'], log, what)
-    _check_generator_step(log, d_step, g_step, g_loss, what)
+    _check_generator_step(log, d_step, g_step, g_loss, fake_call, what)
     frozen = [
         name
         for name, net in nets.items()
@@ -1047,10 +1545,54 @@ def _check_train_step(train_step, smooth):
     )
 
 
+def _check_autocast(train_step, amp_dtype):
+    """train_step(..., smooth, amp_dtype), called as train_epoch does: the
+    forward passes run in amp_dtype, and the weights stay float32.
+    """
+    log = []
+    D = _Recorder('D', _tiny_discriminator(), log)
+    G = _Recorder('G', _tiny_generator(), log)
+    d_optimizer = optim.Adam(D.parameters(), lr=0.01, betas=(0.5, 0.999))
+    g_optimizer = optim.Adam(G.parameters(), lr=0.01, betas=(0.5, 0.999))
+    real_images = 0.2 + 0.8 * torch.rand(8, *_TINY_IMAGE)
+    what = (
+        f'train_step(D, G, d_optimizer, g_optimizer, real_images, '
+        f'{_TINY_Z}, False, {amp_dtype})'
+    )
+    result = _call(
+        what,
+        _train_step_hint,
+        train_step,
+        D,
+        G,
+        d_optimizer,
+        g_optimizer,
+        real_images,
+        _TINY_Z,
+        False,
+        amp_dtype,
+    )
+    _two_numbers(result, what)
+    _check_precision(log, amp_dtype, what)
+    for name, net in (('D', D), ('G', G)):
+        dtypes = {p.dtype for p in net.parameters()}
+        _check(
+            dtypes == {torch.float32},
+            f'After {what}, {name}\'s parameters are '
+            f'{", ".join(map(str, dtypes))}; expected them to stay float32: '
+            f'autocast computes in amp_dtype but keeps the weights (and the '
+            f'optimizer) in float32. Hint: no .to(amp_dtype), .half() or '
+            f'.bfloat16() on the networks; torch.autocast casts.',
+        )
+
+
 @_unit_test
 def test_train_step(train_step):
     """One D update (real -> 1, fake -> 0) then one G update (fake -> 1),
-    with scaled reals.
+    with scaled reals; forward passes under autocast when amp_dtype is given;
+    two Python floats returned.
     """
     for smooth in (False, True):
         _check_train_step(train_step, smooth)
+    for amp_dtype in (torch.bfloat16, None):
+        _check_autocast(train_step, amp_dtype)

@@ -15,4 +15,6 @@ ones:
     run         the training run: checkpoints, resume, schedules, stops
     metrics/    weight-free quality measures (SWD, memorisation)
     score       scoring a generator against held-out faces
+    report      the run's figures as JSON, and the README's table from them
+    html        the notebook as an HTML page that reads offline
 """

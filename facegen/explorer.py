@@ -4,6 +4,8 @@ Smooth morphs mean G learnt a continuous space of faces rather than
 memorising single pictures.
 """
 
+import base64
+import functools
 import io
 
 import numpy as np
@@ -16,6 +18,7 @@ from .sampling import generate, latent_path, seeded_z
 _FACE_PIXELS = 256  # the explorer's large face is about this wide
 _TILE_PIXELS = 64  # ... and each face in its path strip about this wide
 _MARK_COLOUR = (0.85, 0.1, 0.1)  # frame around the slider's face in the strip
+_GAP_PIXELS = 6  # white space between the face and the strip in view_png
 
 _EXPLORER_NOTE = (
     'The interactive explorer needs Jupyter with ipywidgets (pip install '
@@ -93,6 +96,52 @@ def _mark_tile(pixels, index, size):
     return pixels
 
 
+def _stack_pngs(pngs):
+    """PNG bytes of the given PNG pictures one above the other, left-aligned
+    on white, _GAP_PIXELS apart."""
+    images = [Image.open(io.BytesIO(png)).convert('RGB') for png in pngs]
+    width = max(image.width for image in images)
+    height = sum(image.height for image in images)
+    canvas = Image.new(
+        'RGB', (width, height + _GAP_PIXELS * (len(images) - 1)), 'white'
+    )
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height + _GAP_PIXELS
+    buffer = io.BytesIO()
+    canvas.save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+@functools.cache
+def _explorer_class(widgets):
+    """The explorer's box type: an ipywidgets VBox whose display also carries
+    a still picture of its view. Made on first use, as ipywidgets is
+    imported only when explore runs in a kernel."""
+
+    class Explorer(widgets.VBox):
+        """The explorer: children are (controls, face, strip). Jupyter shows
+        the widget; the saved notebook also keeps a PNG of the view, which
+        the HTML export (facegen.html) shows in its place."""
+
+        def view_png(self):
+            """PNG bytes of what the explorer shows now: the large face and,
+            when shown, the strip below it."""
+            _, face, strip = self.children
+            shown = [face] if strip.layout.display == 'none' else [face, strip]
+            return _stack_pngs([bytes(image.value) for image in shown])
+
+        def _repr_mimebundle_(self, **kwargs):
+            """The widget's own bundle (widget view, text/plain) plus the
+            view as image/png, base64 as IPython's Image gives it."""
+            bundle = dict(super()._repr_mimebundle_(**kwargs))
+            bundle['image/png'] = base64.b64encode(self.view_png()).decode()
+            return bundle
+
+    return Explorer
+
+
 def _explorer_box(widgets, G, z_size, seeds, steps):
     """The explorer's widgets, already showing seeds[0]'s face; see explore."""
     start = widgets.IntText(value=seeds[0], description='start seed')
@@ -129,14 +178,16 @@ def _explorer_box(widgets, G, z_size, seeds, steps):
     controls = widgets.VBox(
         [widgets.HBox([start, end]), widgets.HBox([position, whole])]
     )
-    return widgets.VBox([controls, face, strip])
+    return _explorer_class(widgets)([controls, face, strip])
 
 
 def explore(G, z_size, seeds=(0, 1), steps=8):
     """Walk through G's latent space in a notebook: two seeds pick the end
     faces and a slider moves from one to the other along latent_path; the face
     at the slider is shown large, the whole path in a strip below it. Returns
-    the widget box (end the cell with it to show it). Without a Jupyter kernel
+    the widget box (end the cell with it to show it); its display also
+    carries a PNG of the view (view_png), which a saved notebook keeps for
+    readers without widgets, such as the HTML export. Without a Jupyter kernel
     or ipywidgets it prints a note, draws
     interpolation_grid(G, z_size, seeds, steps) instead and returns that
     Figure."""

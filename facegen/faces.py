@@ -99,6 +99,18 @@ def split_files(files, split):
     return [name for name in files if (name in held_out) == keep]
 
 
+def is_training_file(data_dir):
+    """A test of one image path for torchvision's ImageFolder
+    (is_valid_file=...): True for an image of data_dir's training split,
+    False for a held-out one (or a file that is not a visible image)."""
+    held_out = set(split_files(list_faces(data_dir), 'held_out'))
+
+    def is_training(path):
+        name = Path(os.path.relpath(path, data_dir)).as_posix()
+        return is_image_name(Path(path).name) and name not in held_out
+    return is_training
+
+
 def _cache_key(data_dir, files, image_size, n_images):
     """12 hex digits that change when any listed file is added, removed,
     resized or touched, or when image_size, n_images or the format change."""

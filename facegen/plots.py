@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torchvision.utils as vutils
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def _as_float_cpu(images):
@@ -149,38 +149,40 @@ def samples_over_epochs(samples, path=None, max_rows=8, first_epoch=1):
 _GIF_SCALE = 3  # each 32x32 face is drawn 96 pixels wide
 _GIF_FRAME_MS = 400  # time per epoch in the animation ...
 _GIF_LAST_FRAME_MS = 2000  # ... and on the final faces before it starts again
+_GIF_LABEL_PIXELS = 20  # height of the epoch label above each frame
+
+
+def _labelled(frame, label):
+    """frame with a white strip above it holding label in black."""
+    font = ImageFont.load_default(size=_GIF_LABEL_PIXELS)
+    out = Image.new('RGB', (frame.width, frame.height + _GIF_LABEL_PIXELS
+                            + 8), 'white')
+    out.paste(frame, (0, _GIF_LABEL_PIXELS + 8))
+    ImageDraw.Draw(out).text((4, 2), label, fill='black', font=font)
+    return out
 
 
 def save_samples_gif(samples, path, nrow=8):
-    """An animated GIF of the fixed-z samples, one frame per epoch: samples[i]
-    is the (N, 3, H, W) batch in [-1, 1] of epoch i + 1. The last frame is
-    held longer."""
+    """An animated GIF of the fixed-z samples, one frame per epoch, each
+    labelled with its epoch: samples[i] is the (N, 3, H, W) batch in
+    [-1, 1] of epoch i + 1. The last frame is held longer."""
     if len(samples) == 0:
         raise ValueError(
             'samples is empty: pass one batch of generated images per epoch.'
         )
     frames = []
-    for batch in samples:
-        pixels = (
-            (_grid_pixels(batch, nrow, (-1, 1)) * 255).round().astype(np.uint8)
-        )
-        frame = Image.fromarray(pixels)
-        frames.append(
-            frame.resize(
-                (frame.width * _GIF_SCALE, frame.height * _GIF_SCALE),
-                Image.NEAREST,
-            )
-        )
+    for epoch, batch in enumerate(samples, start=1):
+        pixels = _grid_pixels(batch, nrow, (-1, 1))  # (H, W, 3) in [0, 1]
+        frame = Image.fromarray((pixels * 255).round().astype(np.uint8))
+        frame = frame.resize(
+            (frame.width * _GIF_SCALE, frame.height * _GIF_SCALE),
+            Image.NEAREST)
+        frames.append(_labelled(frame, f'epoch {epoch} of {len(samples)}'))
     durations = [_GIF_FRAME_MS] * (len(frames) - 1) + [_GIF_LAST_FRAME_MS]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(
-        path,
-        save_all=True,
-        append_images=frames[1:],
-        duration=durations,
-        loop=0,
-    )
+    frames[0].save(path, save_all=True, append_images=frames[1:],
+                   duration=durations, loop=0)
     return path
 
 

@@ -3,6 +3,7 @@ evaluate.py on known cases, the metric registry and the result pictures."""
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -96,6 +97,20 @@ def test_load_faces_splits(face_folder, tmp_path):
 def test_get_dataloader_trains_on_the_training_split_only(face_folder):
     loader = dcgan.get_dataloader(4, 16, data_dir=str(face_folder))
     assert len(loader.dataset) == 36
+
+
+def test_imagefolder_with_is_training_file_serves_the_training_split(
+        face_folder):
+    from torchvision import datasets, transforms
+    dataset = datasets.ImageFolder(
+        str(face_folder), transform=transforms.ToTensor(),
+        is_valid_file=helpers.is_training_file(face_folder))
+    names = sorted(os.path.relpath(path, face_folder)
+                   for path, _ in dataset.samples)
+    every = sorted(p.relative_to(face_folder).as_posix()
+                   for p in face_folder.rglob('*.jpg'))
+    train = helpers.split_files(every, 'train')
+    assert len(names) == 36 and names == train
 
 
 def test_held_out_split_of_a_tiny_folder_is_refused(tmp_path):
@@ -381,7 +396,8 @@ def test_samples_gif_has_one_frame_per_epoch(tmp_path):
     )
     with Image.open(path) as gif:
         assert gif.n_frames == 3
-        assert gif.size == (3 * (4 * 18 + 2), 3 * (2 * 18 + 2))
+        label = 20 + 8  # the strip above the faces naming the epoch
+        assert gif.size == (3 * (4 * 18 + 2), 3 * (2 * 18 + 2) + label)
 
 
 def test_score_plot_and_nearest_pairs_are_saved(faces, tmp_path):

@@ -7,6 +7,8 @@ training mode would change its running statistics: that is how the tests see
 whether eval mode was used.
 """
 
+import base64
+import io
 import sys
 import types
 
@@ -322,3 +324,67 @@ def test_explore_whole_path_checkbox_hides_the_strip(G, monkeypatch):
 def test_explore_needs_two_seeds(G):
     with pytest.raises(ValueError, match='two seeds'):
         helpers.explore(G, Z_SIZE, seeds=(0, 1, 2))
+
+
+# --- the explorer's picture (for saved notebooks and the HTML export) ---------
+
+
+def png_size(png):
+    """(width, height) of PNG bytes."""
+    from PIL import Image
+
+    assert png.startswith(PNG_SIGNATURE)
+    return Image.open(io.BytesIO(png)).size
+
+
+def test_explore_display_carries_the_widget_and_a_png_of_its_view(
+    G, monkeypatch
+):
+    from IPython.core.formatters import DisplayFormatter
+
+    faked_kernel(monkeypatch)
+    box = helpers.explore(G, Z_SIZE, seeds=(0, 1), steps=6)
+    data, _ = DisplayFormatter().format(box)
+    assert data['application/vnd.jupyter.widget-view+json']['model_id'] == (
+        box.model_id
+    ), 'Jupyter must still show the widget'
+    assert data['text/plain'].startswith('Explorer('), 'text fallback kept'
+    png = base64.b64decode(data['image/png'])
+    assert png == box.view_png()
+    _, face, strip = explorer_parts(box)
+    face_w, face_h = png_size(bytes(face.value))
+    strip_w, strip_h = png_size(bytes(strip.value))
+    assert png_size(png) == (
+        max(face_w, strip_w),
+        face_h + explorer._GAP_PIXELS + strip_h,
+    ), 'the picture is the large face above the strip, each at its own size'
+
+
+def test_explore_picture_follows_the_view(G, monkeypatch):
+    faked_kernel(monkeypatch)
+    box = helpers.explore(G, Z_SIZE, seeds=(0, 1), steps=6)
+    controls, face, _ = explorer_parts(box)
+    first = box.view_png()
+    controls['position'].value = 3
+    assert box.view_png() != first, 'the picture shows the slider position'
+    controls['show the whole path'].value = False
+    assert png_size(box.view_png()) == png_size(bytes(face.value)), (
+        'with the strip hidden the picture is the face alone'
+    )
+
+
+def test_stack_pngs_puts_pictures_one_above_the_other():
+    from PIL import Image
+
+    def png(width, height, colour):
+        buffer = io.BytesIO()
+        Image.new('RGB', (width, height), colour).save(buffer, format='PNG')
+        return buffer.getvalue()
+
+    stacked = explorer._stack_pngs([png(4, 3, 'red'), png(9, 2, 'blue')])
+    image = Image.open(io.BytesIO(stacked)).convert('RGB')
+    gap = explorer._GAP_PIXELS
+    assert image.size == (9, 3 + gap + 2)
+    assert image.getpixel((0, 0)) == (255, 0, 0)
+    assert image.getpixel((8, 0)) == (255, 255, 255), 'white beside'
+    assert image.getpixel((0, 3 + gap)) == (0, 0, 255)

@@ -658,3 +658,18 @@ def test_load_checkpoint_explains_pickled_objects(tmp_path):
         helpers.CheckpointError, match=r'plain values(.|\n)*vars\(args\)'
     ):
         helpers.load_checkpoint(path)
+
+
+def test_samples_gif_has_one_labelled_frame_per_epoch(tmp_path):
+    samples = [torch.full((4, 3, 8, 8), -1.0 + epoch) for epoch in range(3)]
+    path = helpers.save_samples_gif(samples, tmp_path / 'a.gif', nrow=4)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3
+        durations = []
+        for index in range(3):
+            gif.seek(index)
+            durations.append(gif.info['duration'])
+            frame = np.asarray(gif.convert('RGB'))
+            label = frame[:24]  # the strip above the faces holds dark text
+            assert (label < 100).any() and (label > 200).any()
+        assert durations[-1] > durations[0]  # the final faces stay longer

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'facegen'
 # Lowest first: a module may import only modules before it in this list.
 LAYERS = ['settings', 'files', 'fetch', 'faces', 'runtime', 'sampling',
-          'plots', 'explorer', 'metrics', 'score', 'run', 'report']
+          'plots', 'explorer', 'metrics', 'score', 'run', 'report', 'html']
 PROJECT_TOP = {'helpers', 'dcgan', 'evaluate', 'export', 'train',
                'problem_unittests', 'experiments'}
 

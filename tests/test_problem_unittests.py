@@ -12,18 +12,27 @@ catch it, so a mutant cannot pass by failing an earlier check) and a hint, and
                   ignores_batch_size, ignores_image_size, one_channel;
                   range in [0, 1]: scaled_0_255, normalized_to_minus1_1,
                   divided_by_255_twice; shuffled: not_shuffled; errors:
-                  ignores_data_dir
+                  ignores_data_dir; n_images its 4th parameter:
+                  no_n_images_parameter; training split only (no held-out
+                  face): all_images, course_all_images; first n_images
+                  training images: ignores_n_images
   scale           values: ignores_feature_range, clamps, offset_by_high; shape:
                   flattens; dtype: float64; tensor: returns_numpy; input
                   untouched: in_place
   Discriminator   shape (N, 1): flat_output, sixteen_outputs; logits:
                   sigmoid_output; no pooling: max_pool; batch norm:
                   no_batch_norm; gradient to input: detaches_input; parameters:
-                  no_parameters; errors: built_for_64
+                  no_parameters; errors: built_for_64; width set by conv_dim:
+                  width_fixed_32; no batch norm after the first conv:
+                  batch_norm_after_first_conv; leaky ReLU, slope 0.2:
+                  plain_relu, leaky_relu_default_slope
   Generator       shape: image_size_64, image_size_16; range/negatives:
                   sigmoid_output, no_tanh; range whatever the weights:
                   no_tanh_small_init; z used: ignores_z; batch norm:
-                  no_batch_norm; errors: ignores_z_size
+                  no_batch_norm; errors: ignores_z_size; same z, same image
+                  (eval): dropout_in_forward, noise_in_forward; width set by
+                  conv_dim: width_fixed_32; no batch norm on the output
+                  layer: batch_norm_on_output
   weights init    mean: mean_0_02; std: std_0_2, std_passed_as_mean,
                   uniform_0_02, does_nothing, conv2d_only; normal shape:
                   uniform_same_std; biases: biases_left_random; batch norm
@@ -36,19 +45,37 @@ catch it, so a mutant cannot pass by failing an earlier check) and a hint, and
   build_optim...  pair: returns_one; Adam: sgd, adamw; lr: fixed_lr; betas:
                   default_betas; parameters: g_on_D_params, swapped,
                   first_parameter_only, both_nets_in_d
-  train_step      two numbers: returns_nothing; input untouched:
-                  scales_in_place; scaled reals: no_scaling,
-                  real_and_fake_concatenated; D stepped: no_d_step; D calls:
-                  d_loss_real_only; d_loss: labels_swapped, ignores_smooth,
-                  averaged_d_loss; D gradients: no_d_zero_grad; G stepped:
-                  no_g_step; D judges again: g_step_first; g_loss:
-                  fake_loss_for_g, smoothed_g_labels; G gradients:
-                  no_g_zero_grad, zero_grad_once_no_detach; errors:
-                  hardcoded_z_size; trainable afterwards: d_left_frozen
+  train_step      two numbers: returns_nothing; Python floats:
+                  returns_tensors; float32 when amp_dtype is None:
+                  always_autocasts; input untouched: scales_in_place; scaled
+                  reals: no_scaling, real_and_fake_concatenated; D stepped:
+                  no_d_step; D calls: d_loss_real_only; d_loss: labels_swapped,
+                  ignores_smooth, averaged_d_loss; D gradients:
+                  no_d_zero_grad; G gets a gradient: fakes_under_no_grad_d_
+                  not_frozen; G stepped: no_g_step; D judges again:
+                  g_step_first; g_loss: fake_loss_for_g, smoothed_g_labels;
+                  G gradients: no_g_zero_grad, zero_grad_once_no_detach;
+                  errors: hardcoded_z_size, not_detached, fakes_under_no_grad,
+                  g_loss_before_d_step; trainable afterwards: d_left_frozen;
+                  autocast in amp_dtype: ignores_amp_dtype; weights stay
+                  float32: casts_networks
+
+The three classic GAN mistakes get hints of their own, whichever check meets
+them (test_classic_mistake_has_its_own_hint): (a) fakes not detached for D's
+step: not_detached, zero_grad_once_no_detach; (b) fakes made under
+torch.no_grad(): fakes_under_no_grad, fakes_under_no_grad_d_not_frozen; (c)
+G's loss from D before its step: g_loss_before_d_step, g_step_first.
+
+Exercises not written yet (stubs raising NotImplementedError) are in
+test_problem_unittests_stubs.py.
 """
 
 import ast
+import contextlib
 import functools
+import hashlib
+import math
+import os
 import re
 import time
 from pathlib import Path
@@ -57,10 +84,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 import dcgan
+import helpers
 import problem_unittests as pu
 
 REFERENCE = {
@@ -112,19 +140,28 @@ class Mapped(Dataset):
 
 
 def loader_mutant(
-    fn=None, shuffle=True, batch_size=None, image_size=None, collate_fn=None
+    fn=None,
+    shuffle=True,
+    batch_size=None,
+    image_size=None,
+    collate_fn=None,
+    use_n_images=True,
 ):
     """A get_dataloader that wraps the reference: images changed by fn,
     fixed sizes, ...
     """
 
     def get_dataloader(
-        batch_size_, image_size_, data_dir='processed_celeba_small/'
+        batch_size_,
+        image_size_,
+        data_dir='processed_celeba_small/',
+        n_images=None,
     ):
         reference = dcgan.get_dataloader(
             batch_size or batch_size_,
             image_size or image_size_,
             data_dir=data_dir,
+            n_images=n_images if use_n_images else None,
         )
         dataset = (
             reference.dataset if fn is None else Mapped(reference.dataset, fn)
@@ -139,24 +176,79 @@ def loader_mutant(
     return get_dataloader
 
 
-def course_get_dataloader(
+def is_training_file(data_dir):
+    """What helpers.is_training_file(data_dir) is to give, written out here:
+    a predicate for ImageFolder(is_valid_file=...) that keeps the images of
+    the 'train' split. The held-out ones are the min(2600, n // 10) of the
+    n images under data_dir whose relative path has the lowest SHA-1.
+    """
+    root = Path(data_dir)
+
+    def is_image(name):  # visible, at any depth, with an image extension
+        visible = not any(part.startswith('.') for part in name.split('/'))
+        return visible and name.lower().endswith(('.jpg', '.jpeg', '.png'))
+
+    names = sorted(
+        name
+        for name in (p.relative_to(root).as_posix() for p in root.rglob('*'))
+        if is_image(name)
+    )
+    by_hash = sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+    held_out = set(by_hash[: min(2600, len(names) // 10)])
+
+    def is_valid_file(path):
+        name = Path(os.path.relpath(path, root)).as_posix()
+        return is_image(name) and name not in held_out
+
+    return is_valid_file
+
+
+def course_loader(split=True, predicate=is_training_file):
+    """The course's own approach: ImageFolder decoding every file with
+    transforms; the held-out faces left out (split, with predicate),
+    n_images kept with Subset.
+    """
+
+    def get_dataloader(
+        batch_size,
+        image_size,
+        data_dir='processed_celeba_small/',
+        n_images=None,
+    ):
+        transform = transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+            ]
+        )
+        dataset = datasets.ImageFolder(
+            data_dir,
+            transform,
+            is_valid_file=predicate(data_dir) if split else None,
+        )
+        if n_images is not None:
+            dataset = Subset(dataset, range(min(n_images, len(dataset))))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+    return get_dataloader
+
+
+def all_images_loader(
+    batch_size, image_size, data_dir='processed_celeba_small/', n_images=None
+):
+    """The reference over every image: split='all' instead of 'train'."""
+    images = helpers.load_faces(data_dir, image_size, n_images, split='all')
+    return DataLoader(
+        dcgan.FaceDataset(images), batch_size=batch_size, shuffle=True
+    )
+
+
+def three_parameter_loader(
     batch_size, image_size, data_dir='processed_celeba_small/'
 ):
-    """The course's own approach: ImageFolder decoding every
-    file with transforms.
-    """
-    transform = transforms.Compose(
-        [
-            transforms.Resize(image_size),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-        ]
-    )
-    return DataLoader(
-        datasets.ImageFolder(data_dir, transform),
-        batch_size=batch_size,
-        shuffle=True,
-    )
+    """The reference without the n_images parameter."""
+    return dcgan.get_dataloader(batch_size, image_size, data_dir)
 
 
 LOADER_MUTANTS = mutants(
@@ -214,6 +306,23 @@ LOADER_MUTANTS = mutants(
         'ignores_data_dir',
         lambda b, s, data_dir: dcgan.get_dataloader(b, s, 'no_such_folder/'),
         'raised FileNotFoundError',
+    ),
+    (
+        'no_n_images_parameter',
+        three_parameter_loader,
+        'the notebook calls get_dataloader(batch_size, image_size, data_dir, '
+        'n_images)',
+    ),
+    ('all_images', all_images_loader, 'held-out faces of DATA_DIR'),
+    (
+        'course_all_images',
+        course_loader(split=False),
+        'served 4 of the 4 held-out faces',
+    ),
+    (
+        'ignores_n_images',
+        loader_mutant(use_n_images=False),
+        'served 36 images in one pass; expected the first n_images=12',
     ),
 )
 
@@ -326,6 +435,19 @@ class DetachD(dcgan.Discriminator):
         return super().forward(x.detach())
 
 
+class FirstBatchNormD(dcgan.Discriminator):
+    """Batch norm after every convolution, the first included."""
+
+    def __init__(self, conv_dim, image_size=32):
+        super().__init__(conv_dim, image_size)
+        self.features[0] = dcgan.conv_block(3, conv_dim, batch_norm=True)
+
+
+def activations(cls, make):
+    """cls with every nn.LeakyReLU replaced by make()."""
+    return edited(cls, lambda net: replace_layers(net, nn.LeakyReLU, make))
+
+
 DISCRIMINATOR_MUTANTS = mutants(
     'test_discriminator',
     ('flat_output', FlatD, 'returned shape (2,); expected (2, 1)'),
@@ -344,12 +466,48 @@ DISCRIMINATOR_MUTANTS = mutants(
         functools.partial(dcgan.Discriminator, image_size=64),
         'raised RuntimeError',
     ),
+    (
+        'width_fixed_32',
+        lambda conv_dim, image_size=32: dcgan.Discriminator(32, image_size),
+        'its first convolution gives 32 channels; expected conv_dim=8',
+    ),
+    (
+        'batch_norm_after_first_conv',
+        FirstBatchNormD,
+        'applies batch norm right after its first convolution',
+    ),
+    (
+        'plain_relu',
+        activations(dcgan.Discriminator, nn.ReLU),
+        'applies a plain ReLU (slope 0); expected leaky ReLU with slope 0.2',
+    ),
+    (
+        'leaky_relu_default_slope',
+        activations(dcgan.Discriminator, nn.LeakyReLU),
+        'applies leaky ReLU with slope 0.01, nn.LeakyReLU\'s default',
+    ),
 )
 
 
 class IgnoresZG(dcgan.Generator):
     def forward(self, z):
         return super().forward(torch.zeros_like(z))
+
+
+class DropoutG(dcgan.Generator):
+    """F.dropout in forward: on in eval mode too (training=True default)."""
+
+    def forward(self, z):
+        x = F.dropout(self.project(z), 0.3)
+        return self.upsample(x.view(-1, self.top_channels, 4, 4))
+
+
+class NoisyG(dcgan.Generator):
+    """Fresh noise added inside forward."""
+
+    def forward(self, z):
+        x = self.project(z) + 0.1 * torch.randn(len(z), 1, device=z.device)
+        return self.upsample(x.view(-1, self.top_channels, 4, 4))
 
 
 def last_activation(cls, make):
@@ -400,6 +558,27 @@ GENERATOR_MUTANTS = mutants(
         lambda z_size, conv_dim: dcgan.Generator(100, conv_dim),
         'raised RuntimeError',
     ),
+    (
+        'width_fixed_32',
+        lambda z_size, conv_dim, image_size=32: dcgan.Generator(
+            z_size, 32, image_size
+        ),
+        'its last transposed convolution takes 32 channels; expected '
+        'conv_dim=8',
+    ),
+    (
+        'batch_norm_on_output',
+        last_activation(
+            dcgan.Generator, lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Tanh())
+        ),
+        'applies batch norm after its last transposed convolution',
+    ),
+    (
+        'dropout_in_forward',
+        DropoutG,
+        'gave two different images for the same z',
+    ),
+    ('noise_in_forward', NoisyG, 'gave two different images for the same z'),
 )
 
 # ------------------------------------------------------------------------------
@@ -692,6 +871,13 @@ def reference_g_loss(D, fake, smooth):
     return dcgan.real_loss(D(fake))
 
 
+def autocast(device, amp_dtype):
+    """Mixed precision in amp_dtype, or nothing when amp_dtype is None."""
+    return torch.autocast(
+        device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+    )
+
+
 def step_with(
     prepare=dcgan.scale, d_loss=reference_d_loss, g_loss=reference_g_loss
 ):
@@ -700,12 +886,23 @@ def step_with(
     """
 
     def train_step(
-        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+        D,
+        G,
+        d_optimizer,
+        g_optimizer,
+        real_images,
+        z_size,
+        smooth=False,
+        amp_dtype=None,
     ):
-        real = prepare(real_images)
-        fake = G(torch.randn(len(real), z_size, device=real.device))
-        d_value = update(d_optimizer, d_loss(D, real, fake.detach(), smooth))
-        return d_value, update(g_optimizer, g_loss(D, fake, smooth))
+        with autocast(real_images.device, amp_dtype):
+            real = prepare(real_images)
+            fake = G(torch.randn(len(real), z_size, device=real.device))
+            loss = d_loss(D, real, fake.detach(), smooth)
+        d_value = update(d_optimizer, loss)
+        with autocast(real_images.device, amp_dtype):
+            loss = g_loss(D, fake, smooth)
+        return d_value, update(g_optimizer, loss)
 
     return train_step
 
@@ -721,18 +918,26 @@ def concatenated_d_loss(D, real, fake, smooth):
 
 
 def d_left_frozen(
-    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    D,
+    G,
+    d_optimizer,
+    g_optimizer,
+    real_images,
+    z_size,
+    smooth=False,
+    amp_dtype=None,
 ):
     """The reference step, but D is frozen for G's update and never unfrozen."""
     result = dcgan.train_step(
-        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth, amp_dtype
     )
     D.requires_grad_(False)
     return result
 
 
 def g_step_first(
-    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
 ):
     """Updates G before D, so G's loss comes from the old D."""
     fake = G(torch.randn(len(real_images), z_size))
@@ -745,7 +950,8 @@ def g_step_first(
 
 
 def zero_grad_once_no_detach(
-    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
 ):
     """Clears gradients once, at the start, and lets d_loss reach G
     (undetached fakes).
@@ -782,9 +988,21 @@ def reference_with(d_skips=(), g_skips=(), **overrides):
     """
 
     def train_step(
-        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+        D,
+        G,
+        d_optimizer,
+        g_optimizer,
+        real_images,
+        z_size,
+        smooth=False,
+        amp_dtype=None,
     ):
-        arguments = {'z_size': z_size, 'smooth': smooth, **overrides}
+        arguments = {
+            'z_size': z_size,
+            'smooth': smooth,
+            'amp_dtype': amp_dtype,
+            **overrides,
+        }
         return dcgan.train_step(
             D,
             G,
@@ -795,6 +1013,79 @@ def reference_with(d_skips=(), g_skips=(), **overrides):
         )
 
     return train_step
+
+
+def returns_tensors(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
+):
+    """Right losses, returned as tensors (with their graphs)."""
+    real = dcgan.scale(real_images)
+    fake = G(torch.randn(len(real), z_size))
+    d_loss = reference_d_loss(D, real, fake.detach(), smooth)
+    update(d_optimizer, d_loss)
+    g_loss = dcgan.real_loss(D(fake))
+    update(g_optimizer, g_loss)
+    return d_loss, g_loss
+
+
+def casts_networks(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
+):
+    """Mixed precision by casting the networks to amp_dtype."""
+    if amp_dtype is not None:
+        D.to(amp_dtype)
+        G.to(amp_dtype)
+    return dcgan.train_step(
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth, amp_dtype
+    )
+
+
+def not_detached(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
+):
+    """Classic mistake (a): the same fakes, not detached, for both steps."""
+    real = dcgan.scale(real_images)
+    fake = G(torch.randn(len(real), z_size))
+    d_value = update(d_optimizer, reference_d_loss(D, real, fake, smooth))
+    return d_value, update(g_optimizer, dcgan.real_loss(D(fake)))
+
+
+def fakes_without_gradient(freeze_D):
+    """Classic mistake (b): fakes made under torch.no_grad(), used for both
+    steps; D frozen for G's step (as the reference does) or not.
+    """
+
+    def train_step(
+        D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+        amp_dtype=None,
+    ):
+        real = dcgan.scale(real_images)
+        with torch.no_grad():
+            fake = G(torch.randn(len(real), z_size))
+        d_value = update(d_optimizer, reference_d_loss(D, real, fake, smooth))
+        D.requires_grad_(not freeze_D)
+        try:
+            g_value = update(g_optimizer, dcgan.real_loss(D(fake)))
+        finally:
+            D.requires_grad_(True)
+        return d_value, g_value
+
+    return train_step
+
+
+def g_loss_before_d_step(
+    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False,
+    amp_dtype=None,
+):
+    """Classic mistake (c): D's verdict for G's loss taken before D's step."""
+    real = dcgan.scale(real_images)
+    fake = G(torch.randn(len(real), z_size))
+    d_loss = reference_d_loss(D, real, fake.detach(), smooth)
+    g_loss = dcgan.real_loss(D(fake))  # by the D of before the step
+    return update(d_optimizer, d_loss), update(g_optimizer, g_loss)
 
 
 TRAIN_STEP_MUTANTS = mutants(
@@ -887,7 +1178,59 @@ TRAIN_STEP_MUTANTS = mutants(
         'G at g_optimizer.step()',
     ),
     ('hardcoded_z_size', reference_with(z_size=100), 'raised RuntimeError'),
+    ('returns_tensors', returns_tensors, 'expected two Python floats'),
+    (
+        'ignores_amp_dtype',
+        reference_with(amp_dtype=None),
+        'expected torch.bfloat16 outputs under autocast',
+    ),
+    (
+        'always_autocasts',
+        reference_with(amp_dtype=torch.bfloat16),
+        'expected float32 when amp_dtype is None',
+    ),
+    ('casts_networks', casts_networks, 'expected them to stay float32'),
+    ('not_detached', not_detached, 'the fakes were not detached'),
+    (
+        'fakes_under_no_grad',
+        fakes_without_gradient(freeze_D=True),
+        'the fakes were made under torch.no_grad()',
+    ),
+    (
+        'fakes_under_no_grad_d_not_frozen',
+        fakes_without_gradient(freeze_D=False),
+        'none of G\'s images carried a gradient back to G',
+    ),
+    (
+        'g_loss_before_d_step',
+        g_loss_before_d_step,
+        'G\'s loss came from D\'s verdict before d_optimizer.step()',
+    ),
 )
+
+# The three classic GAN mistakes: each mutant gets the hint naming its mistake
+CLASSIC_MISTAKES = [
+    pytest.param(not_detached, pu._NOT_DETACHED, id='a-not_detached'),
+    pytest.param(
+        zero_grad_once_no_detach,
+        pu._NOT_DETACHED,
+        id='a-zero_grad_once_no_detach',
+    ),
+    pytest.param(
+        fakes_without_gradient(freeze_D=True),
+        pu._NO_GRAD_FAKES,
+        id='b-fakes_under_no_grad',
+    ),
+    pytest.param(
+        fakes_without_gradient(freeze_D=False),
+        pu._NO_GRAD_FAKES,
+        id='b-fakes_under_no_grad_d_not_frozen',
+    ),
+    pytest.param(
+        g_loss_before_d_step, pu._STALE_D, id='c-g_loss_before_d_step'
+    ),
+    pytest.param(g_step_first, pu._STALE_D, id='c-g_step_first'),
+]
 
 ALL_MUTANTS = (
     LOADER_MUTANTS
@@ -969,24 +1312,168 @@ def sigmoid_bce_real_loss(D_out, smooth=False):
 
 
 def udacity_style_step(
-    D, G, d_optimizer, g_optimizer, real_images, z_size, smooth=False
+    D,
+    G,
+    d_optimizer,
+    g_optimizer,
+    real_images,
+    z_size,
+    smooth=False,
+    amp_dtype=None,
 ):
-    """New z for G's update, fakes made without gradients for D,
-    tensors returned.
+    """New z for G's update, fakes made without gradients for D, autocast
+    as a decorator-free context per step.
     """
+    device = real_images.device
     real_images = dcgan.scale(real_images)
     d_optimizer.zero_grad()
-    d_real = dcgan.real_loss(D(real_images), smooth)
-    with torch.no_grad():
-        fake = G(torch.randn(real_images.size(0), z_size))
-    d_loss = d_real + dcgan.fake_loss(D(fake))
+    with autocast(device, amp_dtype):
+        d_real = dcgan.real_loss(D(real_images), smooth)
+        with torch.no_grad():
+            fake = G(torch.randn(real_images.size(0), z_size))
+        d_loss = d_real + dcgan.fake_loss(D(fake))
     d_loss.backward()
     d_optimizer.step()
     g_optimizer.zero_grad()
-    g_loss = dcgan.real_loss(D(G(torch.randn(real_images.size(0), z_size))))
+    with autocast(device, amp_dtype):
+        z = torch.randn(real_images.size(0), z_size)
+        g_loss = dcgan.real_loss(D(G(z)))
     g_loss.backward()
     g_optimizer.step()
-    return d_loss.detach(), g_loss.detach()
+    return d_loss.item(), g_loss.item()
+
+
+def nullcontext_step(
+    D,
+    G,
+    d_optimizer,
+    g_optimizer,
+    real_images,
+    z_size,
+    smooth=False,
+    amp_dtype=None,
+):
+    """D never frozen; autocast only when asked, else a null context; one
+    zero_grad per optimizer up front.
+    """
+    if amp_dtype is None:
+        precision = contextlib.nullcontext
+    else:
+        precision = functools.partial(
+            torch.autocast, real_images.device.type, dtype=amp_dtype
+        )
+    d_optimizer.zero_grad()
+    g_optimizer.zero_grad()
+    with precision():
+        fake = G(torch.randn(len(real_images), z_size))
+        d_loss = dcgan.real_loss(
+            D(dcgan.scale(real_images)), smooth
+        ) + dcgan.fake_loss(D(fake.detach()))
+    d_loss.backward()
+    d_optimizer.step()
+    with precision():
+        g_loss = dcgan.real_loss(D(fake))
+    g_loss.backward()
+    g_optimizer.step()
+    return d_loss.item(), g_loss.item()
+
+
+def course_conv(in_channels, out_channels, batch_norm=True):
+    """The course's helper: a strided conv, optionally batch-normalised."""
+    layers = [nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=False)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    return nn.Sequential(*layers)
+
+
+def course_deconv(in_channels, out_channels, batch_norm=True):
+    """The course's helper: a transposed conv, optionally batch-normalised."""
+    layers = [
+        nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False)
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    return nn.Sequential(*layers)
+
+
+class CourseDiscriminator(nn.Module):
+    """The course's style: conv layers as attributes, F.leaky_relu and
+    view in forward.
+    """
+
+    def __init__(self, conv_dim, image_size=32):
+        super().__init__()
+        self.conv_dim, self.size = conv_dim, image_size // 8
+        self.conv1 = course_conv(3, conv_dim, batch_norm=False)
+        self.conv2 = course_conv(conv_dim, conv_dim * 2)
+        self.conv3 = course_conv(conv_dim * 2, conv_dim * 4)
+        self.fc = nn.Linear(conv_dim * 4 * self.size**2, 1)
+
+    def forward(self, x):
+        out = F.leaky_relu(self.conv1(x), 0.2)
+        out = F.leaky_relu(self.conv2(out), 0.2)
+        out = F.leaky_relu(self.conv3(out), 0.2)
+        return self.fc(out.view(-1, self.conv_dim * 4 * self.size**2))
+
+
+class CourseGenerator(nn.Module):
+    """The course's style: fc, then transposed convs as attributes, F.relu
+    and torch.tanh in forward.
+    """
+
+    def __init__(self, z_size, conv_dim, image_size=32):
+        super().__init__()
+        self.conv_dim, self.size = conv_dim, image_size // 8
+        self.fc = nn.Linear(z_size, conv_dim * 4 * self.size**2)
+        self.t_conv1 = course_deconv(conv_dim * 4, conv_dim * 2)
+        self.t_conv2 = course_deconv(conv_dim * 2, conv_dim)
+        self.t_conv3 = course_deconv(conv_dim, 3, batch_norm=False)
+
+    def forward(self, z):
+        out = self.fc(z).view(-1, self.conv_dim * 4, self.size, self.size)
+        out = F.relu(self.t_conv1(out))
+        out = F.relu(self.t_conv2(out))
+        return torch.tanh(self.t_conv3(out))
+
+
+class SequentialDiscriminator(nn.Sequential):
+    """One flat nn.Sequential, as many learners write it."""
+
+    def __init__(self, conv_dim, image_size=32):
+        layers = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels, size = conv_dim, image_size // 2
+        while size > 4:
+            layers += [
+                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(channels * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            channels, size = channels * 2, size // 2
+        layers += [nn.Flatten(), nn.Linear(channels * 4 * 4, 1)]
+        super().__init__(*layers)
+
+
+class SequentialGenerator(nn.Sequential):
+    """One flat nn.Sequential: linear, unflatten, transposed convs."""
+
+    def __init__(self, z_size, conv_dim, image_size=32):
+        steps = int(math.log2(image_size)) - 2
+        channels = conv_dim * 2 ** (steps - 1)
+        layers = [
+            nn.Linear(z_size, channels * 4 * 4),
+            nn.Unflatten(1, (channels, 4, 4)),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(True),
+        ]
+        for _ in range(steps - 1):
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1),
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(True),
+            ]
+            channels //= 2
+        layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1), nn.Tanh()]
+        super().__init__(*layers)
 
 
 ALTERNATIVES = [
@@ -1012,8 +1499,47 @@ ALTERNATIVES = [
     ),
     pytest.param(
         'test_get_dataloader',
-        course_get_dataloader,
+        course_loader(),
         id='course_imagefolder_loader',
+    ),
+    pytest.param(
+        'test_discriminator', CourseDiscriminator, id='course_discriminator'
+    ),
+    pytest.param('test_generator', CourseGenerator, id='course_generator'),
+    pytest.param(
+        'test_discriminator',
+        SequentialDiscriminator,
+        id='sequential_discriminator',
+    ),
+    pytest.param(
+        'test_generator', SequentialGenerator, id='sequential_generator'
+    ),
+    pytest.param('test_train_step', nullcontext_step, id='nullcontext_step'),
+    pytest.param(
+        'test_generator',
+        last_activation(
+            dcgan.Generator,
+            lambda: nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()),
+        ),
+        id='generator_with_refining_conv',
+    ),
+    pytest.param(
+        'test_generator',
+        edited(
+            dcgan.Generator,
+            lambda net: replace_layers(
+                net, nn.ReLU, lambda: nn.Sequential(nn.ReLU(), nn.Dropout(0.2))
+            ),
+        ),
+        id='generator_with_dropout_modules',
+    ),
+    pytest.param(
+        'test_discriminator',
+        activations(
+            dcgan.Discriminator,
+            lambda: nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(0.3)),
+        ),
+        id='discriminator_with_dropout',
     ),
     pytest.param(
         'test_real_loss', loss_with(real_label), id='mutant_baseline_real_loss'
@@ -1046,6 +1572,90 @@ def test_mutant_is_caught(name, implementation, match, capsys):
         run_unit_test(name, implementation)
     assert 'Hint: ' in str(caught.value)
     assert 'Tests Passed' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('implementation, hint', CLASSIC_MISTAKES)
+def test_classic_mistake_has_its_own_hint(implementation, hint, capsys):
+    with pytest.raises(AssertionError) as caught:
+        run_unit_test('test_train_step', implementation)
+    message = str(caught.value)
+    assert f'Hint: {hint}' in message
+    others = {pu._NOT_DETACHED, pu._NO_GRAD_FAKES, pu._STALE_D} - {hint}
+    assert not any(other in message for other in others)
+    assert 'use the arguments passed in' not in message
+    assert 'Tests Passed' not in capsys.readouterr().out
+
+
+def test_classic_mistake_hints_name_the_mistake_and_the_fix():
+    hints = [pu._NOT_DETACHED, pu._NO_GRAD_FAKES, pu._STALE_D]
+    assert len(set(hints)) == 3
+    for hint, mistake in zip(hints, ('detach', 'no_grad', 'before')):
+        assert hint.startswith('a classic GAN mistake: ')
+        assert mistake in hint.split('Fix: ')[0] and 'Fix: ' in hint
+
+
+@pytest.mark.parametrize('n', [10, 40, 57, 400, 32_600])
+def test_held_out_rule_matches_the_project(n):
+    """problem_unittests re-implements the held-out split; it must agree
+    with helpers.split_files, which load_faces(split='train') uses.
+    """
+    names = sorted(f'celeba/{i:06d}.jpg' for i in range(n))
+    held_out = set(helpers.split_files(names, 'held_out'))
+    assert pu._held_out(names) == held_out
+    assert len(held_out) == min(helpers.HELD_OUT_SIZE, n // 10)
+    assert [n for n in names if n not in held_out] == helpers.split_files(
+        names, 'train'
+    )
+
+
+def test_written_faces_split_like_load_faces(tmp_path):
+    """The flat-coloured faces of the split check: load_faces' training
+    split is what the check expects, and the course predicate agrees.
+    """
+    data_dir, names = pu._write_flat_faces(tmp_path / 'faces')
+    held_out = pu._held_out(names)
+    assert len(held_out) == 4
+    train = [name for name in names if name not in held_out]
+    images = helpers.load_faces(
+        data_dir, 16, split='train', cache_dir=tmp_path / 'cache'
+    )
+    colours = torch.tensor([pu._palette(names.index(n)) for n in train])
+    assert (images.float().mean((2, 3)) - colours).abs().max() <= 2
+    keep = is_training_file(data_dir)
+    assert [n for n in names if keep(os.path.join(data_dir, n))] == train
+
+
+def needs_the_helper():
+    if not hasattr(helpers, 'is_training_file'):
+        pytest.skip('helpers.is_training_file is not there (yet)')
+
+
+def test_inline_predicate_matches_the_helper(tmp_path):
+    """The predicate written out above is what helpers.is_training_file
+    gives, on the faces of the split check and beside a hidden file.
+    """
+    needs_the_helper()
+    data_dir, names = pu._write_flat_faces(tmp_path / 'faces')
+    (data_dir / 'celeba' / '.hidden.jpg').write_bytes(b'')
+    (data_dir / 'celeba' / 'notes.txt').write_text('not an image')
+    ours = is_training_file(data_dir)
+    theirs = helpers.is_training_file(data_dir)
+    paths = [os.path.join(data_dir, name) for name in names]
+    paths += [
+        os.path.join(data_dir, 'celeba', name)
+        for name in ('.hidden.jpg', 'notes.txt')
+    ]
+    assert [ours(p) for p in paths] == [theirs(p) for p in paths]
+
+
+def test_course_loader_with_the_helper_passes(capsys):
+    """What the split check's hint recommends passes it."""
+    needs_the_helper()
+    run_unit_test(
+        'test_get_dataloader',
+        course_loader(predicate=helpers.is_training_file),
+    )
+    assert capsys.readouterr().out == 'Tests Passed\n'
 
 
 def test_every_unit_test_has_mutants():
@@ -1082,10 +1692,13 @@ def test_imports_only_torch_pillow_and_the_standard_library():
         'collections',
         'contextlib',
         'copy',
+        'dis',
         'functools',
+        'hashlib',
         'io',
         'math',
         'pathlib',
+        'sys',
         'tempfile',
         'torch',
         'numpy',
