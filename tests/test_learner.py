@@ -199,3 +199,18 @@ def test_with_the_solutions_pasted_back_nbval_passes(learner_folder,
         timeout=1200, env={**os.environ, 'FACEGEN_QUICK': '1',
                            'MPLBACKEND': 'Agg'})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_nbgrader_can_take_the_solved_notebook_as_it_is():
+    """nbgrader clears only cells marked as solution cells: exactly the
+    cells with solution regions carry that metadata."""
+    for cell in cells(export.NOTEBOOK):
+        marked = export.BEGIN in source(cell)
+        meta = cell['metadata'].get('nbgrader', {})
+        assert meta.get('solution', False) == marked, source(cell)[:80]
+        if marked:
+            assert meta['grade'] is False and meta['locked'] is False
+    ids = [cell['metadata']['nbgrader']['grade_id']
+           for cell in cells(export.NOTEBOOK)
+           if 'nbgrader' in cell['metadata']]
+    assert len(ids) == len(set(ids)) == 8
