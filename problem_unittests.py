@@ -604,6 +604,203 @@ def _slope(op):
     return float(op.args[1]) if len(op.args) > 1 else 0.01
 
 
+def _argument(op, name, position, default):
+    """Argument name of a logged call, passed by keyword or at position."""
+    if name in op.kwargs:
+        return op.kwargs[name]
+    return op.args[position] if len(op.args) > position else default
+
+
+def _pair(value):
+    """A convolution's stride or padding as a pair (it may be one number)."""
+    if isinstance(value, (tuple, list)):
+        value = tuple(int(v) for v in value)
+        return value * 2 if len(value) == 1 else value
+    return value if isinstance(value, str) else (int(value), int(value))
+
+
+# The DCGAN convolution: kernel 4, stride 2, padding 1 (output_padding 0)
+_HALVING = ((4, 4), (2, 2), (1, 1), (0, 0))
+
+
+def _geometry(op, ops):
+    """(kernel, stride, padding, output_padding) of a logged conv2d or
+    conv_transpose2d call; padding made by an F.pad just before it (a
+    padding_mode other than 'zeros') counts as the convolution's.
+    """
+    weight = _argument(op, 'weight', 1, None)
+    kernel = tuple(weight.shape[-2:]) if weight is not None else None
+    stride = _pair(_argument(op, 'stride', 3, 1))
+    padding = _pair(_argument(op, 'padding', 4, 0))
+    extra = (0, 0)
+    if op.name == 'conv_transpose2d':
+        extra = _pair(_argument(op, 'output_padding', 5, 0))
+    source = _argument(op, 'input', 0, None)
+    padded = next((o for o in ops if o.name == 'pad' and o.out is source), None)
+    if padded is not None and padding == (0, 0):
+        pad = _pair(_argument(padded, 'pad', 1, (0, 0, 0, 0)))
+        padding = (pad[2], pad[0]) if len(pad) == 4 else padding
+    return kernel, stride, padding, extra
+
+
+def _geometry_text(geometry):
+    """'kernel 3, stride 2, padding 1' (and output_padding when not 0)."""
+    names = ('kernel', 'stride', 'padding', 'output_padding')
+    parts = []
+    for name, value in zip(names, geometry):
+        if name == 'output_padding' and value == (0, 0):
+            continue
+        same = isinstance(value, tuple) and len(set(value)) == 1
+        parts.append(f'{name} {value[0] if same else value}')
+    return ', '.join(parts)
+
+
+def _segment(ops, index):
+    """The calls after ops[index] up to the next convolution or linear layer:
+    what is applied to that layer's output.
+    """
+    layers = _CONVOLUTIONS | {'linear'}
+    end = next(
+        (i for i in range(index + 1, len(ops)) if ops[i].name in layers),
+        len(ops),
+    )
+    return ops[index + 1 : end]
+
+
+def _layer_name(ops, index, number, count, kind='convolution'):
+    """'its convolution 2 of 3 (8 -> 16 channels)', for messages."""
+    op = ops[index]
+    source = _channels(_argument(op, 'input', 0, None))
+    return (
+        f'its {kind} {number} of {count} ({source} -> {_channels(op.out)} '
+        f'channels)'
+    )
+
+
+def _gives_one_number(op):
+    """Whether a layer's output is a single number per image (a logit)."""
+    out = op.out
+    return isinstance(out, torch.Tensor) and out.dim() > 1 and (
+        out[0].numel() == 1
+    )
+
+
+def _check_discriminator_layers(ops, what):
+    """Every convolution of D uses kernel 4, stride 2, padding 1, and all
+    but the first are followed by batch norm. A last convolution that gives
+    the logit itself (instead of a linear layer) is the output layer.
+    """
+    convolutions = [i for i, op in enumerate(ops) if op.name == 'conv2d']
+    if len(convolutions) > 1 and _gives_one_number(ops[convolutions[-1]]):
+        convolutions = convolutions[:-1]  # the output layer
+    count = len(convolutions)
+    for number, index in enumerate(convolutions, start=1):
+        geometry = _geometry(ops[index], ops)
+        _check(
+            geometry == _HALVING,
+            f'{what}: {_layer_name(ops, index, number, count)} has '
+            f'{_geometry_text(geometry)}; expected kernel 4, stride 2, '
+            f'padding 1 in every convolution: that halves the width and '
+            f'height, and a kernel that the stride divides covers every '
+            f'pixel equally often. Hint: nn.Conv2d(in_channels, '
+            f'out_channels, 4, stride=2, padding=1).',
+        )
+    for number, index in enumerate(convolutions[1:], start=2):
+        _check(
+            any(op.name == 'batch_norm' for op in _segment(ops, index)),
+            f'{what}: {_layer_name(ops, index, number, count)} is not '
+            f'followed by batch norm; expected batch norm after every '
+            f'convolution except the first: it keeps the gradients flowing '
+            f'through the deeper layers. '
+            f'Hint: nn.BatchNorm2d(out_channels) right after each '
+            f'nn.Conv2d but the first, before the leaky ReLU.',
+        )
+
+
+def _is_relu(op):
+    """Whether a logged call is a plain ReLU (F.relu, torch.relu_, ...)."""
+    return op.name in ('relu', 'relu_')
+
+
+def _activation_name(op):
+    """An activation call as words: 'leaky ReLU (slope 0.2)', 'gelu'."""
+    if op.name.startswith('leaky_relu'):
+        return f'leaky ReLU (slope {_slope(op):g})'
+    return op.name
+
+
+def _check_generator_layers(ops, output, what):
+    """G's transposed convolutions use kernel 4, stride 2, padding 1, and
+    the projection of z and every hidden (transposed) convolution are
+    followed by batch norm and ReLU. output: the index of the output layer
+    (G's last transposed convolution).
+    """
+    layers = _CONVOLUTIONS | {'linear'}
+    projection = next(i for i, op in enumerate(ops) if op.name in layers)
+    transposed = [
+        i
+        for i, op in enumerate(ops)
+        if op.name == 'conv_transpose2d' and i != projection
+    ]
+    count = len(transposed)
+    kind = 'transposed convolution'
+    for number, index in enumerate(transposed, start=1):
+        geometry = _geometry(ops[index], ops)
+        _check(
+            geometry == _HALVING,
+            f'{what}: {_layer_name(ops, index, number, count, kind)} has '
+            f'{_geometry_text(geometry)}; expected kernel 4, stride 2, '
+            f'padding 1 in every transposed convolution: that doubles the '
+            f'width and height, and a kernel that the stride divides paints '
+            f'no checkerboard pattern into the images. Hint: '
+            f'nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, '
+            f'padding=1).',
+        )
+    hidden = [
+        i for i, op in enumerate(ops)
+        if op.name in _CONVOLUTIONS and projection < i < output
+    ]
+    for index in [projection, *hidden]:
+        if index == projection:
+            layer = f'its first layer, the projection of z ({ops[index].name})'
+        elif index in transposed:
+            number = transposed.index(index) + 1
+            layer = _layer_name(ops, index, number, count, kind)
+        else:
+            layer = f'its hidden convolution ({_channels(ops[index].out)} '
+            layer += 'channels)'
+        applied = _segment(ops, index)
+        rule = (
+            'expected batch norm and ReLU after the projection and after '
+            'every hidden transposed convolution (all but the output layer)'
+        )
+        hint = (
+            'nn.BatchNorm2d(channels), then nn.ReLU(), after the projection '
+            'and after each nn.ConvTranspose2d but the last.'
+        )
+        _check(
+            any(op.name == 'batch_norm' for op in applied),
+            f'{what}: {layer} is not followed by batch norm; {rule}. '
+            f'Hint: {hint}',
+        )
+        other = next(
+            (op for op in applied if op.name in _ACTIVATIONS
+             and not _is_relu(op)),
+            None,
+        )
+        _check(
+            other is None,
+            f'{what} applies {_activation_name(other or ops[index])} after '
+            f'{layer}; expected plain ReLU there, not leaky ReLU: the DCGAN '
+            f'generator uses ReLU, the discriminator leaky ReLU. Hint: '
+            f'nn.ReLU(), or F.relu(x) in forward().',
+        )
+        _check(
+            any(_is_relu(op) for op in applied),
+            f'{what}: {layer} is not followed by ReLU; {rule}. Hint: {hint}',
+        )
+
+
 def _check_discriminator_rules(ops, conv_dim, what):
     """D's width, batch-norm placement and activations follow the rules."""
     convolutions = [i for i, op in enumerate(ops) if op.name == 'conv2d']
@@ -661,6 +858,7 @@ def _check_discriminator_rules(ops, conv_dim, what):
         f'{what} applies no activation function; expected leaky ReLU with '
         f'slope 0.2 after its convolutions. Hint: {hint}',
     )
+    _check_discriminator_layers(ops, what)
 
 
 def _check_generator_rules(ops, conv_dim, what):
@@ -693,13 +891,15 @@ def _check_generator_rules(ops, conv_dim, what):
         f'Hint: nn.ConvTranspose2d(conv_dim, 3, ...) straight into tanh; '
         f'nn.BatchNorm2d only after the earlier ones.',
     )
+    _check_generator_layers(ops, widest, what)
 
 
 @_unit_test
 def test_discriminator(Discriminator):
     """Discriminator(conv_dim): (N, 3, 32, 32) -> (N, 1) logits,
-    strided convs conv_dim wide at first, batch norm except after the
-    first, leaky ReLU with slope 0.2.
+    strided convs (kernel 4, stride 2, padding 1) conv_dim wide at first,
+    batch norm after every conv but the first, leaky ReLU with slope 0.2;
+    Discriminator(conv_dim, 64) takes (N, 3, 64, 64) the same way.
     """
     for conv_dim in (8, 16):
         what = f'Discriminator(conv_dim={conv_dim})'
@@ -750,13 +950,48 @@ def test_discriminator(Discriminator):
             f'(F.binary_cross_entropy_with_logits).',
         )
         _check_discriminator_rules(_trace(D, x.detach()), conv_dim, what)
+    _check_discriminator_64(Discriminator)
+
+
+_SIZE_64 = 64  # the other image size the networks must be built for
+
+
+def _check_discriminator_64(Discriminator, conv_dim=8, n=2):
+    """Discriminator(conv_dim, 64) maps (N, 3, 64, 64) to (N, 1), by the
+    same rules.
+    """
+    what = f'Discriminator({conv_dim}, image_size={_SIZE_64})'
+    D = _call(
+        what,
+        'take image_size as the 2nd parameter, Discriminator(conv_dim, '
+        'image_size=32): build_networks calls Discriminator(conv_dim, '
+        'image_size).',
+        Discriminator,
+        conv_dim,
+        _SIZE_64,
+    )
+    x = torch.rand(n, 3, _SIZE_64, _SIZE_64, device=_device_of(D, what))
+    x = x * 2 - 1
+    call = f'{what} for input {_shape(x)}'
+    hint = (
+        f'built for image_size={_SIZE_64}, the same class must take '
+        f'{_SIZE_64}x{_SIZE_64} images: work out the number of stride-2 '
+        f'steps from image_size (n_resolution_steps(image_size)) and size '
+        f'the layers from it, with nothing fixed for 32x32; one logit per '
+        f'image.'
+    )
+    out = _call(call, hint, D, x)
+    _check_shape(out, (n, 1), call, hint)
+    _check_discriminator_rules(_trace(D, x), conv_dim, what)
 
 
 @_unit_test
 def test_generator(Generator):
     """Generator(z_size, conv_dim): (N, z_size) -> (N, 3, 32, 32)
     images in [-1, 1], a function of z, conv_dim channels before the
-    output layer, which has no batch norm.
+    output layer, which has no batch norm; transposed convs with kernel 4,
+    stride 2, padding 1; batch norm and ReLU after the projection and every
+    hidden layer; Generator(z_size, conv_dim, 64) makes (N, 3, 64, 64).
     """
     for z_size, conv_dim in ((16, 8), (100, 16)):
         what = f'Generator(z_size={z_size}, conv_dim={conv_dim})'
@@ -821,6 +1056,35 @@ def test_generator(Generator):
             f'spanned [{low:.3f}, {high:.3f}]; expected [-1, 1] whatever the '
             f'weights. Hint: end with nn.Tanh().',
         )
+    _check_generator_64(Generator)
+
+
+def _check_generator_64(Generator, z_size=16, conv_dim=8, n=2):
+    """Generator(z_size, conv_dim, 64) makes (N, 3, 64, 64) images, by the
+    same rules.
+    """
+    what = f'Generator({z_size}, {conv_dim}, image_size={_SIZE_64})'
+    G = _call(
+        what,
+        'take image_size as the 3rd parameter, Generator(z_size, conv_dim, '
+        'image_size=32): build_networks calls Generator(z_size, conv_dim, '
+        'image_size).',
+        Generator,
+        z_size,
+        conv_dim,
+        _SIZE_64,
+    )
+    z = torch.randn(n, z_size, device=_device_of(G, what))
+    call = f'{what} for z of shape {_shape(z)}'
+    hint = (
+        f'built for image_size={_SIZE_64}, the same class must make '
+        f'{_SIZE_64}x{_SIZE_64} images: work out the number of doublings '
+        f'from image_size (n_resolution_steps(image_size)) and size the '
+        f'layers from it, with nothing fixed for 32x32.'
+    )
+    out = _call(call, hint, G, z)
+    _check_shape(out, (n, 3, _SIZE_64, _SIZE_64), call, hint)
+    _check_generator_rules(_trace(G, z), conv_dim, what)
 
 
 # ------------------------------------------------------------------------------

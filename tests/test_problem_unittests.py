@@ -25,14 +25,24 @@ catch it, so a mutant cannot pass by failing an earlier check) and a hint, and
                   no_parameters; errors: built_for_64; width set by conv_dim:
                   width_fixed_32; no batch norm after the first conv:
                   batch_norm_after_first_conv; leaky ReLU, slope 0.2:
-                  plain_relu, leaky_relu_default_slope
+                  plain_relu, leaky_relu_default_slope; kernel 4, stride 2,
+                  padding 1: kernel_3 (same shapes); batch norm after every
+                  conv but the first: batch_norm_on_last_conv_only; built
+                  for image_size=64, (N, 3, 64, 64) -> (N, 1):
+                  ignores_image_size
   Generator       shape: image_size_64, image_size_16; range/negatives:
                   sigmoid_output, no_tanh; range whatever the weights:
                   no_tanh_small_init; z used: ignores_z; batch norm:
                   no_batch_norm; errors: ignores_z_size; same z, same image
                   (eval): dropout_in_forward, noise_in_forward; width set by
                   conv_dim: width_fixed_32; no batch norm on the output
-                  layer: batch_norm_on_output
+                  layer: batch_norm_on_output; transposed convs with kernel
+                  4, stride 2, padding 1: kernel_3_output_padding (same
+                  shapes); batch norm and ReLU after the projection and
+                  every hidden layer: projection_without_batch_norm_relu
+                  (the course's own generator), hidden_layer_without_batch_
+                  norm; plain ReLU, not leaky: leaky_relu; built for
+                  image_size=64, (N, 3, 64, 64): ignores_image_size
   weights init    mean: mean_0_02; std: std_0_2, std_passed_as_mean,
                   uniform_0_02, does_nothing, conv2d_only; normal shape:
                   uniform_same_std; biases: biases_left_random; batch norm
@@ -65,6 +75,12 @@ them (test_classic_mistake_has_its_own_hint): (a) fakes not detached for D's
 step: not_detached, zero_grad_once_no_detach; (b) fakes made under
 torch.no_grad(): fakes_under_no_grad, fakes_under_no_grad_d_not_frozen; (c)
 G's loss from D before its step: g_loss_before_d_step, g_step_first.
+
+Two things the train_step text asks for are deliberately not checked, as
+correct steps differ there: freezing D during G's step (it changes no number;
+the course's and pytorch/examples' steps leave D trainable:
+udacity_style_step, nullcontext_step) and keeping the backward passes out of
+autocast (under autocast they give the same numbers).
 
 Exercises not written yet (stubs raising NotImplementedError) are in
 test_problem_unittests_stubs.py.
@@ -391,6 +407,18 @@ def replace_layers(net, kind, make):
     return net
 
 
+def rebuild_layers(net, kind, make):
+    """Replace every submodule of net that is a kind by make(it); return
+    net.
+    """
+    for name, child in net.named_children():
+        if isinstance(child, kind):
+            setattr(net, name, make(child))
+        else:
+            rebuild_layers(child, kind, make)
+    return net
+
+
 def edited(cls, edit):
     """A constructor like cls whose instances are changed by
     edit(instance) -> instance.
@@ -443,6 +471,30 @@ class FirstBatchNormD(dcgan.Discriminator):
         self.features[0] = dcgan.conv_block(3, conv_dim, batch_norm=True)
 
 
+def without_layer(cls, path):
+    """cls with its submodule at path ('features.1.1') made nn.Identity."""
+
+    def edit(net):
+        parent, _, name = path.rpartition('.')
+        setattr(net.get_submodule(parent), name, nn.Identity())
+        return net
+
+    return edited(cls, edit)
+
+
+def kernel_3(layer):
+    """A (transposed) convolution like layer, with kernel 3 instead of 4 and
+    the same output size.
+    """
+    settings = dict(stride=2, padding=1, bias=layer.bias is not None)
+    if isinstance(layer, nn.ConvTranspose2d):  # 2n - 1 + output_padding
+        return nn.ConvTranspose2d(
+            layer.in_channels, layer.out_channels, 3, output_padding=1,
+            **settings,
+        )
+    return nn.Conv2d(layer.in_channels, layer.out_channels, 3, **settings)
+
+
 def activations(cls, make):
     """cls with every nn.LeakyReLU replaced by make()."""
     return edited(cls, lambda net: replace_layers(net, nn.LeakyReLU, make))
@@ -485,6 +537,29 @@ DISCRIMINATOR_MUTANTS = mutants(
         'leaky_relu_default_slope',
         activations(dcgan.Discriminator, nn.LeakyReLU),
         'applies leaky ReLU with slope 0.01, nn.LeakyReLU\'s default',
+    ),
+    # the same shapes as kernel 4: (32 + 2 - 3) // 2 + 1 = 16
+    (
+        'kernel_3',
+        edited(
+            dcgan.Discriminator,
+            lambda net: rebuild_layers(net, nn.Conv2d, kernel_3),
+        ),
+        'its convolution 1 of 3 (3 -> 8 channels) has kernel 3, stride 2, '
+        'padding 1; expected kernel 4, stride 2, padding 1 in every '
+        'convolution',
+    ),
+    (
+        'batch_norm_on_last_conv_only',
+        without_layer(dcgan.Discriminator, 'features.1.1'),
+        'its convolution 2 of 3 (8 -> 16 channels) is not followed by batch '
+        'norm; expected batch norm after every convolution except the first',
+    ),
+    (
+        'ignores_image_size',
+        lambda conv_dim, image_size=32: dcgan.Discriminator(conv_dim),
+        'Hint: built for image_size=64, the same class must take 64x64 '
+        'images',
     ),
 )
 
@@ -579,6 +654,51 @@ GENERATOR_MUTANTS = mutants(
         'gave two different images for the same z',
     ),
     ('noise_in_forward', NoisyG, 'gave two different images for the same z'),
+    (
+        'leaky_relu',
+        edited(
+            dcgan.Generator,
+            lambda net: replace_layers(
+                net, nn.ReLU, lambda: nn.LeakyReLU(0.2)
+            ),
+        ),
+        'applies leaky ReLU (slope 0.2) after its first layer, the '
+        'projection of z (linear); expected plain ReLU there, not leaky ReLU',
+    ),
+    (
+        'hidden_layer_without_batch_norm',
+        without_layer(dcgan.Generator, 'upsample.3.1'),
+        'its transposed convolution 2 of 3 (16 -> 8 channels) is not '
+        'followed by batch norm; expected batch norm and ReLU after the '
+        'projection and after every hidden transposed convolution',
+    ),
+    # The course's own generator: fc straight into the first transposed conv
+    (
+        'projection_without_batch_norm_relu',
+        without_layer(without_layer(dcgan.Generator, 'upsample.0'),
+                      'upsample.1'),
+        'its first layer, the projection of z (linear) is not followed by '
+        'batch norm',
+    ),
+    (
+        'ignores_image_size',
+        lambda z_size, conv_dim, image_size=32: dcgan.Generator(
+            z_size, conv_dim
+        ),
+        'returned shape (2, 3, 32, 32); expected (2, 3, 64, 64). Hint: built '
+        'for image_size=64',
+    ),
+    # the same shapes as kernel 4: (n - 1) * 2 - 2 + 3 + 1 = 2n
+    (
+        'kernel_3_output_padding',
+        edited(
+            dcgan.Generator,
+            lambda net: rebuild_layers(net, nn.ConvTranspose2d, kernel_3),
+        ),
+        'its transposed convolution 1 of 3 (32 -> 16 channels) has kernel 3, '
+        'stride 2, padding 1, output_padding 1; expected kernel 4, stride 2, '
+        'padding 1 in every transposed convolution',
+    ),
 )
 
 # ------------------------------------------------------------------------------
@@ -1253,20 +1373,19 @@ ALL_MUTANTS = (
 class AllConvDiscriminator(nn.Module):
     """Ends with a 4x4 convolution to one channel instead of a linear layer."""
 
-    def __init__(self, conv_dim):
+    def __init__(self, conv_dim, image_size=32):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, conv_dim, 4, 2, 1),
-            nn.LeakyReLU(0.2),  # (N, conv_dim, 16, 16)
-            nn.Conv2d(conv_dim, conv_dim * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 2),
-            nn.LeakyReLU(0.2),  # (N, conv_dim*2, 8, 8)
-            nn.Conv2d(conv_dim * 2, conv_dim * 4, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 4),
-            nn.LeakyReLU(0.2),  # (N, conv_dim*4, 4, 4)
-            nn.Conv2d(conv_dim * 4, 1, 4),
-            nn.Flatten(),
-        )  # (N, 1)
+        layers = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels, size = conv_dim, image_size // 2  # (N, conv_dim, 16, 16)
+        while size > 4:  # (N, conv_dim*2, 8, 8), (N, conv_dim*4, 4, 4)
+            layers += [
+                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(channels * 2),
+                nn.LeakyReLU(0.2),
+            ]
+            channels, size = channels * 2, size // 2
+        layers += [nn.Conv2d(channels, 1, 4), nn.Flatten()]  # (N, 1)
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x):
         return self.net(x)
@@ -1277,21 +1396,24 @@ class ConvOnlyGenerator(nn.Module):
     transposed convs only.
     """
 
-    def __init__(self, z_size, conv_dim):
+    def __init__(self, z_size, conv_dim, image_size=32):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_size, conv_dim * 4, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(conv_dim * 4),
-            nn.ReLU(),  # (N, conv_dim*4, 4, 4)
-            nn.ConvTranspose2d(conv_dim * 4, conv_dim * 2, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim * 2),
-            nn.ReLU(),  # (N, conv_dim*2, 8, 8)
-            nn.ConvTranspose2d(conv_dim * 2, conv_dim, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(conv_dim),
-            nn.ReLU(),  # (N, conv_dim, 16, 16)
-            nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1),
-            nn.Tanh(),
-        )  # (N, 3, 32, 32)
+        channels = conv_dim * image_size // 8
+        layers = [  # (N, conv_dim*4, 4, 4) for 32x32 images
+            nn.ConvTranspose2d(z_size, channels, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+        ]
+        while channels > conv_dim:  # (N, conv_dim*2, 8, 8), ...
+            half = channels // 2
+            layers += [
+                nn.ConvTranspose2d(channels, half, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(),
+            ]
+            channels = half
+        layers += [nn.ConvTranspose2d(conv_dim, 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)  # (N, 3, 32, 32)
 
     def forward(self, z):
         return self.net(z[:, :, None, None])
@@ -1418,22 +1540,40 @@ class CourseDiscriminator(nn.Module):
 
 class CourseGenerator(nn.Module):
     """The course's style: fc, then transposed convs as attributes, F.relu
-    and torch.tanh in forward.
+    and torch.tanh in forward; with the batch norm and ReLU after fc that
+    the exercise asks for (the course's own generator has none:
+    generator-projection_without_batch_norm_relu).
     """
 
     def __init__(self, z_size, conv_dim, image_size=32):
         super().__init__()
         self.conv_dim, self.size = conv_dim, image_size // 8
         self.fc = nn.Linear(z_size, conv_dim * 4 * self.size**2)
+        self.bn = nn.BatchNorm2d(conv_dim * 4)
         self.t_conv1 = course_deconv(conv_dim * 4, conv_dim * 2)
         self.t_conv2 = course_deconv(conv_dim * 2, conv_dim)
         self.t_conv3 = course_deconv(conv_dim, 3, batch_norm=False)
 
     def forward(self, z):
         out = self.fc(z).view(-1, self.conv_dim * 4, self.size, self.size)
+        out = F.relu(self.bn(out))
         out = F.relu(self.t_conv1(out))
         out = F.relu(self.t_conv2(out))
         return torch.tanh(self.t_conv3(out))
+
+
+class FlatProjectionGenerator(dcgan.Generator):
+    """Batch norm (nn.BatchNorm1d) and ReLU on the flat projection, before
+    it becomes a 4x4 map.
+    """
+
+    def __init__(self, z_size, conv_dim, image_size=32):
+        super().__init__(z_size, conv_dim, image_size)
+        width = self.project.out_features
+        self.project = nn.Sequential(
+            self.project, nn.BatchNorm1d(width), nn.ReLU()
+        )
+        self.upsample = self.upsample[2:]  # without BatchNorm2d and ReLU
 
 
 class SequentialDiscriminator(nn.Sequential):
@@ -1540,6 +1680,26 @@ ALTERNATIVES = [
             lambda: nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(0.3)),
         ),
         id='discriminator_with_dropout',
+    ),
+    pytest.param(
+        'test_discriminator',
+        edited(
+            dcgan.Discriminator,
+            lambda net: rebuild_layers(
+                net,
+                nn.Conv2d,
+                lambda c: nn.Conv2d(
+                    c.in_channels, c.out_channels, 4, 2, 1,
+                    padding_mode='reflect',
+                ),
+            ),
+        ),
+        id='discriminator_reflect_padding',
+    ),
+    pytest.param(
+        'test_generator',
+        FlatProjectionGenerator,
+        id='generator_batch_norm_1d_projection',
     ),
     pytest.param(
         'test_real_loss', loss_with(real_label), id='mutant_baseline_real_loss'
