@@ -17,6 +17,14 @@ from .sampling import generate
 # changing what is trained.
 _RESUMABLE_CHANGES = {'n_epochs', 'print_every'}
 GENERATOR_KEYS = ('state_dict', 'config', 'score')
+# What the messages tell the user to do, in the words of what drives the
+# run: the notebook's training cell, or a script such as train.py.
+NOTEBOOK_HINTS = {
+    'go_on': 'Run this cell again to go on from there.',
+    'other_dir': 'set run_dir to another folder',
+    'retry': 'Start a new run (another run_dir) with a lower lr or another '
+             'seed.',
+}
 
 
 def linear_decay(optimizer, total_steps):
@@ -47,10 +55,11 @@ def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples,
     }
 
 
-def _check_same_recipe(saved, config, path):
+def _check_same_recipe(saved, config, path, other_dir=None):
     """Refuse to resume a run whose settings differ in anything but its
     length (and in its length too when the learning rates fall to 0 over
-    it: that changes the schedule)."""
+    it: that changes the schedule). other_dir: how to name another run
+    folder in the message."""
     free = _RESUMABLE_CHANGES - ({'n_epochs'} if config.get('lr_decay')
                                  else set())
     changed = sorted(key for key in set(saved) | set(config)
@@ -60,19 +69,20 @@ def _check_same_recipe(saved, config, path):
                           f'{config.get(key)!r} here' for key in changed)
         raise ValueError(
             f'{path} was saved by a run with other settings ({diffs}). '
-            f'Delete {Path(path).parent} to start a new run, or set run_dir '
-            f'to another folder.')
+            f'Delete {Path(path).parent} to start a new run, or '
+            f'{other_dir or NOTEBOOK_HINTS["other_dir"]}.')
 
 
-def resume_training(path, config, nets, optimizers):
+def resume_training(path, config, nets, optimizers, other_dir=None):
     """Load the checkpoint at path, if there is one, into nets and
     optimizers and restore the random-number state, so training goes on
-    exactly where it stopped. Returns the checkpoint dict, or None."""
+    exactly where it stopped. Returns the checkpoint dict, or None.
+    other_dir: how the refusal of other settings names another folder."""
     path = Path(path)
     if not path.exists():
         return None
     state = load_checkpoint(path)
-    _check_same_recipe(state['config'], config, path)
+    _check_same_recipe(state['config'], config, path, other_dir)
     for name, module in {**nets, **optimizers}.items():
         module.load_state_dict(state[name])
     torch.set_rng_state(state['rng']['torch'])
@@ -93,16 +103,21 @@ class TrainingRun:
             with run.epoch(epoch):       # explains an interrupt or a NaN
                 d_losses, g_losses = ...  # one pass over loader
             run.end_epoch(epoch, d_losses, g_losses, score)
+
+    hints: the sentences that say what to do after an interrupt, a
+    divergence or a refusal (NOTEBOOK_HINTS's keys); the notebook's words by
+    default, a script passes its own.
     """
 
     def __init__(self, run_dir, config, D, G, d_optimizer, g_optimizer,
-                 loader, fixed_z):
+                 loader, fixed_z, hints=None):
         if len(loader) == 0:
             raise ValueError(
                 f'batch_size={loader.batch_size} is larger than the '
                 f'{len(loader.dataset)} training images, so an epoch has no '
                 f'full batch. Lower batch_size or train on more images.')
         self.config, self.G = config, G
+        self.hints = {**NOTEBOOK_HINTS, **(hints or {})}
         self.run_dir = Path(run_dir)
         self.checkpoint = self.run_dir / 'checkpoint.pt'
         self.nets = {'D': D, 'G': G}
@@ -118,7 +133,7 @@ class TrainingRun:
         self.seconds = []  # training time of each epoch, scoring left out
         self.done, self.fixed_z = 0, fixed_z
         state = resume_training(self.checkpoint, config, self.nets,
-                                self.stateful)
+                                self.stateful, self.hints['other_dir'])
         if state is not None:  # the fixed noise stays the same across runs
             self.losses, self.scores = state['losses'], state['scores']
             self.samples = list(state['samples'])
@@ -146,13 +161,12 @@ class TrainingRun:
         try:
             yield
         except KeyboardInterrupt:  # raised on: the cells below must not run
-            print(f'Interrupted in epoch {epoch}: {last_good}. Run this '
-                  f'cell again to go on from there.')
+            print(f'Interrupted in epoch {epoch}: {last_good}. '
+                  f'{self.hints["go_on"]}')
             raise
         except FloatingPointError as error:
             raise FloatingPointError(
-                f'{error} {last_good}. Start a new run (another run_dir) '
-                f'with a lower lr or another seed.') from None
+                f'{error} {last_good}. {self.hints["retry"]}') from None
         self.seconds.append(time.perf_counter() - start)
 
     def end_epoch(self, epoch, d_losses, g_losses, score=None):

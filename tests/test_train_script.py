@@ -1,0 +1,339 @@
+"""train.py in one process: the notebook's defaults, the notebook's
+training (the same checkpoint, resumed by either), the files it writes,
+its messages, and evaluate.py on its generator."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dcgan
+import helpers
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
+        '--batch-size', '32', '--n-score', '16', '--sample-size', '4',
+        '--precision', 'fp32', '--print-every', '4']
+EPOCHS = ['--epochs', '2']
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # for the commands run below
+COMPARED = ('D', 'G', 'opt_D', 'opt_G', 'lr_D', 'lr_G', 'losses', 'samples',
+            'scores', 'fixed_z', 'rng', 'config', 'epoch')
+
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and a second thread that
+    waits for a busy core slows every step down many times over. (Runs
+    compared to the last bit must also share their number of threads.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope='module')
+def faces(tmp_path_factory):
+    """300 small faces laid out like the course data (270 train, 30 held
+    out)."""
+    from conftest import write_jpegs
+    root = tmp_path_factory.mktemp('data') / 'faces'
+    write_jpegs(root / 'celeba', 300, size=16)
+    return root
+
+
+def run_script(faces, out, *extra):
+    """train.py's main in this process, on the tiny faces."""
+    return train.main(['--data', str(faces), '--out', str(out), *TINY,
+                       *extra])
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(faces, tmp_path_factory):
+    """The checkpoint of a two-epoch train.py run."""
+    out = tmp_path_factory.mktemp('uninterrupted')
+    run_script(faces, out, *EPOCHS)
+    return helpers.load_checkpoint(out / 'checkpoint.pt')
+
+
+def config_of(*extra):
+    return train.make_config(train.parse_args(['--out', 'x', *TINY,
+                                               *extra]))
+
+
+def notebook_run(data_dir, config, run_dir):
+    """The notebook's training cells in their order (less its look at one
+    batch, which draws random numbers): seed, precision, loader, held-out
+    faces, networks, optimizers, scorer, fixed noise, dcgan.train."""
+    helpers.seed_everything(config['seed'])
+    device = torch.device('cpu')
+    amp_dtype = helpers.choose_precision(device, config['precision'])
+    size, z_size = config['image_size'], config['z_size']
+    loader = dcgan.get_dataloader(config['batch_size'], size, data_dir,
+                                  config['n_images'])
+    held_out = helpers.load_faces(data_dir, size, split='held_out')
+    D, G = dcgan.build_networks(z_size, config['conv_dim'], size, device)
+    d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
+                                          (config['beta1'], config['beta2']))
+    score = helpers.epoch_scorer(held_out, z_size, config['n_score'])
+    fixed_z = torch.randn(config['sample_size'], z_size)  # (n, z_size)
+    dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config, run_dir,
+                amp_dtype, score=score)
+
+
+def interrupt_epoch_2(monkeypatch, batches=8):
+    """Make dcgan.train_step raise KeyboardInterrupt on epoch 2's first
+    batch (270 training faces, batches of 32: 8 a epoch)."""
+    real_step, calls = dcgan.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == batches + 1:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(dcgan, 'train_step', step)
+    return real_step
+
+
+def assert_same(a, b, where=''):
+    """a and b hold the same values, to the last bit: nested dicts, lists
+    and tuples of tensors and plain values."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f'{where}/{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_same_run(state, expected):
+    """Two checkpoints hold the same run (their timings aside)."""
+    for key in COMPARED:
+        assert_same(state[key], expected[key], key)
+
+
+# --- the notebook's settings and training ------------------------------------
+
+def parameters_cell():
+    cells = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
+        encoding='utf-8'))['cells']
+    tagged = [cell for cell in cells
+              if 'parameters' in cell.get('metadata', {}).get('tags', [])]
+    assert len(tagged) == 1, 'the notebook has one parameters cell'
+    return ''.join(tagged[0]['source'])
+
+
+@pytest.mark.parametrize('quick', ['0', '1'])
+def test_defaults_are_the_notebooks_parameters(quick, monkeypatch):
+    monkeypatch.setenv('FACEGEN_QUICK', quick)
+    namespace = {'helpers': helpers}
+    exec(parameters_cell(), namespace)
+    config = train.make_config(train.parse_args(['--out', 'x']))
+    assert config == namespace['config']
+    assert list(config) == list(namespace['config'])  # and in its order
+
+
+def test_train_py_trains_what_the_notebook_trains(faces, uninterrupted,
+                                                  tmp_path):
+    notebook_run(faces, config_of(*EPOCHS), tmp_path)
+    assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
+                    uninterrupted)
+
+
+def test_the_notebook_goes_on_from_a_train_py_checkpoint(
+        faces, uninterrupted, tmp_path, monkeypatch, capsys):
+    real_step = interrupt_epoch_2(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(faces, tmp_path, *EPOCHS)
+    assert ('Interrupted in epoch 2: ' in capsys.readouterr().out)
+    monkeypatch.setattr(dcgan, 'train_step', real_step)
+    notebook_run(faces, config_of(*EPOCHS), tmp_path)
+    assert 'Resuming from' in capsys.readouterr().out
+    assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
+                    uninterrupted)
+
+
+def test_train_py_goes_on_from_a_notebook_checkpoint(
+        faces, uninterrupted, tmp_path, monkeypatch, capsys):
+    real_step = interrupt_epoch_2(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        notebook_run(faces, config_of(*EPOCHS), tmp_path)
+    monkeypatch.setattr(dcgan, 'train_step', real_step)
+    run_script(faces, tmp_path, *EPOCHS)
+    out = capsys.readouterr().out
+    assert 'Resuming from' in out and '1 of 2 epochs done' in out
+    assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
+                    uninterrupted)
+    # The notebook wrote no log line for epoch 1; train.py wrote epoch 2's.
+    log = train.read_log(tmp_path / 'log.jsonl')
+    assert [record['epoch'] for record in log] == [2]
+
+
+def test_train_epoch_is_dcgan_train_epoch(faces):
+    """train.py's loop, in one process, is the learner's loop (plus a
+    progress display)."""
+    config = config_of()
+    results = []
+    for loop in ('dcgan', 'train'):
+        torch.manual_seed(0)
+        loader = dcgan.get_dataloader(32, 16, faces)
+        D, G = dcgan.build_networks(8, 8, 16, 'cpu')
+        d_opt, g_opt = dcgan.build_optimizers(D, G, 1e-3, (0.5, 0.999))
+        if loop == 'dcgan':
+            losses = dcgan.train_epoch(D, G, d_opt, g_opt, loader, config,
+                                       'cpu')
+        else:
+            losses = train.train_epoch(D, G, d_opt, g_opt, loader, config,
+                                       train.Processes())
+        results.append((losses, G.state_dict(), D.state_dict()))
+    (losses, *states), (losses_here, *states_here) = results
+    assert losses == losses_here
+    for state, state_here in zip(states, states_here):
+        for name, value in state.items():
+            assert torch.equal(state_here[name], value), name
+
+
+# --- the run folder -----------------------------------------------------------
+
+def test_run_folder_log_and_generator(faces, tmp_path):
+    out = tmp_path / 'run'
+    published = run_script(faces, out, '--epochs', '1')
+    assert published == out / 'generator.pt'
+    assert (out / 'samples' / 'epoch_001.png').is_file()
+    (record,) = train.read_log(out / 'log.jsonl')
+    state = helpers.load_checkpoint(out / 'checkpoint.pt')
+    losses = state['losses']
+    assert record['epoch'] == 1 and record['processes'] == 1
+    assert record['d_loss'] == pytest.approx(sum(losses['D'][:8]) / 8)
+    assert record['g_loss'] == pytest.approx(sum(losses['G'][:8]) / 8)
+    assert record['images_per_second'] == pytest.approx(
+        8 * 32 / record['seconds'], rel=0.01)
+    assert record['score'] > 0
+    G, info = helpers.load_generator(published, dcgan.Generator)
+    assert info['config'] == dict(z_size=8, conv_dim=8, image_size=16)
+    assert info['score']['n'] == 16 and info['score']['swd_fast'] > 0
+    # Batch norm re-estimated for the final weights; the checkpoint keeps
+    # the statistics training left.
+    trained = state['G']
+    name = 'upsample.0.running_mean'
+    assert not torch.equal(G.state_dict()[name], trained[name])
+
+
+def test_rerun_goes_on_and_changed_settings_are_refused(faces, tmp_path,
+                                                        capsys):
+    run_script(faces, tmp_path, '--epochs', '1', '--no-lr-decay')
+    printed = capsys.readouterr().out
+    # Not a terminal: plain progress lines every --print-every batches.
+    assert 'epoch 1/1, batch 1/8: D loss' in printed
+    assert 'epoch 1/1, batch 5/8: D loss' in printed
+    run_script(faces, tmp_path, '--epochs', '2', '--no-lr-decay')
+    assert '1 of 2 epochs done' in capsys.readouterr().out
+    log = train.read_log(tmp_path / 'log.jsonl')
+    assert [record['epoch'] for record in log] == [1, 2]
+    with pytest.raises(ValueError, match=r'lr 0\.0.* there, 0\.01 here.*'
+                                         r'pass another --out'):
+        run_script(faces, tmp_path, '--epochs', '2', '--no-lr-decay',
+                   '--lr', '0.01')
+
+
+def test_interrupt_says_to_run_the_command_again(faces, tmp_path,
+                                                 monkeypatch, capsys):
+    interrupt_epoch_2(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(faces, tmp_path, *EPOCHS)
+    assert ('holds epoch 1. Run the same command again to go on'
+            in capsys.readouterr().out)
+
+
+def test_stale_log_lines_go_with_their_checkpoint(faces, tmp_path):
+    (tmp_path / 'log.jsonl').write_text(
+        '{"epoch": 1, "processes": 3}\n{"epoch": 2, "processes": 3}\n{"ep')
+    run_script(faces, tmp_path, '--epochs', '1')
+    (record,) = train.read_log(tmp_path / 'log.jsonl')
+    assert record['processes'] == 1  # this run's line only
+
+
+# --- settings and messages ----------------------------------------------------
+
+@pytest.mark.parametrize('args, message', [
+    (['--image-size', '8'], r'--image-size must be .* at least 16.*got 8'),
+    (['--image-size', '48'], r'image_size must be a power of two'),
+    (['--batch-size', '0'], r'batch_size must be a whole number'),
+    (['--lr', '2'], r'lr must be between 0 and 1'),
+])
+def test_impossible_settings_are_named(args, message):
+    with pytest.raises(ValueError, match=message):
+        config_of(*args)
+
+
+def test_batch_larger_than_the_data_is_refused(faces, tmp_path):
+    with pytest.raises(ValueError, match=r'--batch-size 512 is larger than '
+                                         r'the 270 training images'):
+        run_script(faces, tmp_path, '--batch-size', '512')
+
+
+def test_batch_must_split_evenly_across_processes():
+    assert train.local_batch_size(128, 2) == 64
+    with pytest.raises(ValueError, match=r'--batch-size 100 cannot be split '
+                                         r'evenly across 3 .* 99 or 102'):
+        train.local_batch_size(100, 3)
+    with pytest.raises(ValueError, match=r'multiple of 4, e\.g\. 4\.'):
+        train.local_batch_size(2, 4)
+
+
+def test_sync_bn_is_refused_on_cpus_before_anything_else():
+    args = train.parse_args(['--out', 'x', '--sync-bn', *TINY])
+    with pytest.raises(ValueError, match=r'--sync-bn needs GPUs'):
+        train.train(args, train.make_config(args), train.Processes(world=2))
+
+
+def test_every_process_and_epoch_draws_other_noise():
+    seeds = {train.rank_seed(42, rank, epoch)
+             for rank in range(4) for epoch in range(1, 16)}
+    assert len(seeds) == 4 * 15
+    assert train.rank_seed(42, 1, 3) == train.rank_seed(42, 1, 3)
+    assert train.rank_seed(42, 1, 3) < 2 ** 64  # torch.manual_seed's range
+
+
+# --- the command line, and evaluate.py on what it wrote ----------------------
+
+def test_command_line_from_a_zip_then_evaluate(faces, tmp_path):
+    archive = shutil.make_archive(str(tmp_path / 'faces'), 'zip',
+                                  faces.parent, faces.name)
+    data_dir, out = tmp_path / 'extracted', tmp_path / 'run'
+    command = [sys.executable, 'train.py', '--data', archive, '--data-dir',
+               str(data_dir), '--out', str(out), '--epochs', '1',
+               '--n-images', '64', *TINY[:6], '--batch-size', '16',
+               '--n-score', '16']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **ONE_THREAD})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'extracted from faces.zip' in done.stdout
+    assert 'epoch 1/1: ' in done.stdout and f'Saved {out}' in done.stdout
+    assert '\r' not in done.stderr  # no progress bar outside a terminal
+    evaluated = subprocess.run(
+        [sys.executable, 'evaluate.py', '--weights', str(out / 'generator.pt'),
+         '--real', str(data_dir), '--split', 'all', '--n', '16'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **ONE_THREAD})
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert 'SWD ' in evaluated.stdout and 'for 16 generated' in evaluated.stdout
+
+    again = subprocess.run(command + ['--lr', '0.01'], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **ONE_THREAD})
+    assert again.returncode == 1
+    assert again.stderr.startswith('train.py: ') and 'lr ' in again.stderr
