@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +37,14 @@ def face_folder(tmp_path):
     root = tmp_path / 'processed_celeba_small'
     write_jpegs(root / 'celeba', 40)
     return root
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny networks run fastest on one thread, and a second thread that
+    waits for a busy core slows every step down many times over. (Runs
+    compared to the last bit must also share their number of threads.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

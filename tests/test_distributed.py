@@ -24,17 +24,9 @@ ARGS = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
 STEPS = 270 // 32  # 300 faces, 30 held out: 8 steps of 2 x 16 an epoch
 RUNS = ('whole', 'interrupted', 'resumed')
 
+# Tiny networks: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('one_thread')
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and a second thread that
-    waits for a busy core slows every step down many times over. (Runs
-    compared to the last bit must also share their number of threads.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def free_port():
     with socket.socket() as sock:

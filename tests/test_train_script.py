@@ -25,17 +25,9 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # for the commands run below
 COMPARED = ('D', 'G', 'opt_D', 'opt_G', 'lr_D', 'lr_G', 'losses', 'samples',
             'scores', 'fixed_z', 'rng', 'config', 'epoch')
 
+# Tiny networks: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures('one_thread')
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and a second thread that
-    waits for a busy core slows every step down many times over. (Runs
-    compared to the last bit must also share their number of threads.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope='module')
 def faces(tmp_path_factory):
