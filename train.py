@@ -45,6 +45,7 @@ import dcgan
 from facegen.faces import HELD_OUT_SIZE, load_faces
 from facegen.fetch import prepare_data
 from facegen.files import CheckpointError, atomic_write
+from facegen.metrics import append_jsonl
 from facegen.run import TrainingRun, save_generator
 from facegen.runtime import (PRECISIONS, choose_device, choose_precision,
                              cpu_type, seed_everything)
@@ -473,8 +474,7 @@ def log_epoch(path, run, epoch, d_losses, g_losses, batch_size, world):
         'score': run.scores[-1] if run.scores else None,
         'processes': world,
     }
-    with open(path, 'a', encoding='utf-8') as log:
-        log.write(json.dumps(record) + '\n')
+    append_jsonl(record, path)
     print(f'{run.describe(epoch)}: {record["images_per_second"]:,.0f} '
           f'images/s')
     return record

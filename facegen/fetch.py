@@ -151,7 +151,7 @@ def _extract_archive(archive, data_dir, record):
     return data_dir
 
 
-def _holds_other_data(data_dir, archive, record):
+def _holds_other_data(data_dir, archive):
     """The error for a data folder whose images did not come from archive."""
     saved = _read_record(data_dir)
     origin = (f'the images of {saved["archive"]}' if saved
@@ -180,7 +180,7 @@ def _from_archive(archive, data_dir):
                   and has_images(data_dir))
         if same or legacy:
             return _report(data_dir, f'extracted from {archive.name}')
-        raise _holds_other_data(data_dir, archive, record)
+        raise _holds_other_data(data_dir, archive)
     _check_fillable(data_dir)
     _extract_archive(archive, data_dir, record)
     return _report(data_dir, f'extracted from {archive.name}')
