@@ -219,10 +219,12 @@ def time_cache(data_dir, image_size, n_images):
     again."""
     with tempfile.TemporaryDirectory() as cache_dir:
         start = time.perf_counter()
-        load_faces(data_dir, image_size, n_images, cache_dir, 'train')
+        load_faces(data_dir, image_size, n_images, cache_dir=cache_dir,
+                   split='train')
         build_s = time.perf_counter() - start
         start = time.perf_counter()
-        load_faces(data_dir, image_size, n_images, cache_dir, 'train')
+        load_faces(data_dir, image_size, n_images, cache_dir=cache_dir,
+                   split='train')
         return build_s, time.perf_counter() - start
 
 

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import pooch
 from tqdm.auto import tqdm
 
-from .settings import DATA_ENV, DEFAULT_DATA_DIR
+from .settings import DATA_ENV, DEFAULT_DATA_DIR, live_progress
 
 DATA_URL = ('https://s3.amazonaws.com/video.udacity-data.com/topher/2018/'
             'November/5be7eb6f_processed-celeba-small/'
@@ -132,7 +132,7 @@ def _extract_archive(archive, data_dir, record):
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in tqdm(members, desc=f'Extracting {archive.name}',
-                               unit='file'):
+                               unit='file', disable=not live_progress()):
                 zf.extract(member, scratch)
         root = _data_root(scratch)
         if not has_images(root):
@@ -187,8 +187,8 @@ def _from_archive(archive, data_dir):
 
 
 def _downloader():
-    """pooch's HTTP downloader with a progress bar."""
-    return pooch.HTTPDownloader(progressbar=True,
+    """pooch's HTTP downloader, with a progress bar where it can redraw."""
+    return pooch.HTTPDownloader(progressbar=live_progress(),
                                 headers={'User-Agent': 'facegen'})
 
 
@@ -228,9 +228,10 @@ def prepare_data(data_dir=DEFAULT_DATA_DIR, source=None):
         source = os.environ.get(DATA_ENV) or None  # unset or empty: download
     if source is None:
         if data_dir.is_dir() and has_images(data_dir):
-            saved = _read_record(data_dir)
-            origin = saved['archive'] if saved else 'the course archive'
-            return _report(data_dir, f'extracted from {origin} earlier')
+            saved = _read_record(data_dir)  # None: put there by hand, or
+            return _report(data_dir,        # by an older version
+                           f"extracted from {saved['archive']} earlier"
+                           if saved else 'already there')
         _check_fillable(data_dir)
         _download(data_dir)
         return _report(data_dir, 'downloaded')

@@ -6,6 +6,13 @@ from pathlib import Path
 import torch
 
 
+# The permissions a plain open() would give a new file (mkstemp's are
+# 0600: the owner only). Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_NEW_FILE_MODE = 0o666 & ~_UMASK
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read back."""
 
@@ -23,6 +30,7 @@ def atomic_write(path, write, mode='wb'):
             write(f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it real
+        os.chmod(temp, _NEW_FILE_MODE)  # readable as any other new file
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -35,16 +43,19 @@ def save_checkpoint(path, state):
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path, map_location='cpu'):
+def load_checkpoint(path, map_location='cpu', mmap=False):
     """A checkpoint dict saved by save_checkpoint (tensors and plain values
-    only: torch.load with weights_only=True)."""
+    only: torch.load with weights_only=True). mmap=True maps the tensors
+    from the file instead of reading them into memory: pages are read when
+    touched, and processes that map the same file share them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f'No checkpoint at {path}. Check the path, or train first so one '
             f'is saved.')
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True,
+                           mmap=mmap)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ...
         if 'Unsupported global' in str(err):
             raise CheckpointError(

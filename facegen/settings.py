@@ -7,6 +7,7 @@ check's timing network.
 """
 import operator
 import os
+import sys
 
 DATA_ENV = 'FACEGEN_DATA'    # a local archive or folder instead of download
 QUICK_ENV = 'FACEGEN_QUICK'  # '1' shrinks data and epochs for tests and CI
@@ -39,6 +40,17 @@ def quick_mode():
         f'{QUICK_ENV}={os.environ[QUICK_ENV]!r} is not understood. Use one '
         f'of {", ".join(_TRUE_WORDS)} for quick mode, or 0 / leave it unset '
         f'for a full run.')
+
+
+def live_progress():
+    """True where a progress bar redraws in place: a terminal, or a Jupyter
+    kernel (notebook, Colab). False where output goes to a file or a pipe (a
+    log, CI), which would keep every redraw: scripts print plain lines
+    there instead."""
+    ipython = sys.modules.get('IPython')  # imported by every kernel
+    shell = ipython.get_ipython() if ipython is not None else None
+    in_kernel = getattr(shell, 'kernel', None) is not None  # not a terminal
+    return in_kernel or sys.stderr.isatty()
 
 
 def positive_int(value, name):

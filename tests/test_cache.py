@@ -175,6 +175,39 @@ def test_cache_file_layout(face_folder, cache_dir):
     assert state['key'] in name
 
 
+def mapped_files():
+    """The files this process has memory-mapped (Linux)."""
+    with open('/proc/self/maps', encoding='utf-8') as maps:
+        return {Path(line.split(maxsplit=5)[5].strip())
+                for line in maps if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.skipif(not Path('/proc/self/maps').exists(),
+                    reason='reads the memory map of the process (Linux)')
+def test_images_are_mapped_from_the_cache_file(face_folder, cache_dir):
+    """Processes that load the same faces share the file's pages instead of
+    each holding a copy: both the load that builds the cache and a later
+    one hand out a tensor mapped from the file."""
+    built = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
+    (name,) = cache_files(cache_dir)
+    path = (cache_dir / name).resolve()
+    assert path in mapped_files()
+    loaded = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
+    assert torch.equal(loaded, built)
+    loaded[0] = 0  # copy-on-write: this process's page, never the file
+    del built, loaded
+    with no_warnings():  # the file's checksum still holds
+        reloaded = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
+    assert_course_equal(reloaded, image_files(face_folder), 16)
+
+
+def test_split_and_cache_dir_must_be_named(face_folder, cache_dir):
+    """A learner's load_faces(data_dir, size, n, 'train') is refused: taken
+    positionally, 'train' would be a cache folder and the split 'all'."""
+    with pytest.raises(TypeError, match='positional'):
+        helpers.load_faces(face_folder, 16, None, 'train')
+
+
 def test_default_cache_sits_beside_the_data(face_folder):
     helpers.load_faces(face_folder, 16)
     assert len(cache_files(face_folder.parent / faces.CACHE_DIR_NAME)) == 1
@@ -304,7 +337,8 @@ def edit(**changes):
     ids=lambda damage: damage.__name__,
 )
 def test_damaged_cache_is_rebuilt(face_folder, cache_dir, decode_calls, damage):
-    good = helpers.load_faces(face_folder, 16, cache_dir=cache_dir)
+    # A copy: the load maps the file, which the damage rewrites in place.
+    good = helpers.load_faces(face_folder, 16, cache_dir=cache_dir).clone()
     (name,) = cache_files(cache_dir)
     damage(cache_dir / name, good)
     with one_warning('damaged or stale'):

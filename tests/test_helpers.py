@@ -10,7 +10,9 @@ import hashlib
 import http.server
 import os
 import random
+import sys
 import threading
+import types
 import zipfile
 from pathlib import Path
 
@@ -98,6 +100,50 @@ def test_quick_mode_rejects_unknown_value(monkeypatch):
         helpers.quick_mode()
 
 
+class Stream:
+    """A stand-in for sys.stderr: a terminal or not."""
+
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize('kernel, tty, live', [
+    (False, False, False),  # a log file, a pipe, CI
+    (False, True, True),    # a terminal
+    (True, False, True),    # Jupyter or Colab: stderr is no terminal
+])
+def test_progress_bars_redraw_only_where_they_can(monkeypatch, kernel, tty,
+                                                  live):
+    from facegen import settings
+    shell = types.SimpleNamespace(kernel=object()) if kernel else None
+    monkeypatch.setitem(sys.modules, 'IPython', types.SimpleNamespace(
+        get_ipython=lambda: shell))  # a kernel's shell has a kernel
+    monkeypatch.setattr(sys, 'stderr', Stream(tty))
+    assert settings.live_progress() is live
+
+
+def test_no_decoding_bar_in_a_log(tmp_path, monkeypatch):
+    """In a log, a bar's every redraw would stay: the decoding bar is off
+    there (train.py prints plain lines instead)."""
+    from facegen import faces
+    shown = []
+
+    def bar(*args, disable=False, **kwargs):
+        shown.append(not disable)
+        return faces_tqdm(*args, disable=disable, **kwargs)
+
+    faces_tqdm = faces.tqdm
+    monkeypatch.setattr(faces, 'tqdm', bar)
+    write_jpegs(tmp_path / 'faces', 3)
+    for live in (False, True):
+        monkeypatch.setattr(faces, 'live_progress', lambda: live)
+        faces.decode_all(tmp_path / 'faces', ['000000.jpg'], 8)
+    assert shown == [False, True]
+
+
 def test_count_images_is_recursive_and_ignores_other_files(tmp_path):
     write_jpegs(tmp_path / 'a', 3)
     write_jpegs(tmp_path / 'a' / 'deeper', 2)
@@ -135,6 +181,16 @@ def test_prepare_data_reads_source_from_env(face_folder, tmp_path, monkeypatch):
     monkeypatch.setenv('FACEGEN_DATA', str(face_folder))
     monkeypatch.setattr(fetch, '_downloader', fail_if_called)
     assert helpers.prepare_data(tmp_path / 'unused') == face_folder
+
+
+def test_data_dir_with_images_of_unknown_origin_is_not_called_the_course(
+        face_folder, monkeypatch, capsys):
+    """No source and a data folder that already holds images with no record
+    of where they came from: they are used, and not called the course's."""
+    monkeypatch.delenv('FACEGEN_DATA', raising=False)
+    assert helpers.prepare_data(face_folder) == face_folder
+    printed = capsys.readouterr().out
+    assert 'already there' in printed and 'course' not in printed
 
 
 def test_prepare_data_folder_without_images_is_refused(tmp_path):
@@ -632,6 +688,19 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     # the old one is intact
     assert helpers.load_checkpoint(path) == {'epoch': 1}
     assert os.listdir(tmp_path) == ['ckpt.pt']
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='POSIX permission bits')
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """A checkpoint or run.json is readable like any file the user makes
+    (mkstemp alone would leave it readable by its owner only)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = helpers.save_checkpoint(tmp_path / 'ckpt.pt', {'epoch': 1})
+    plain = tmp_path / 'plain'
+    plain.write_bytes(b'')
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_load_checkpoint_missing_file(tmp_path):

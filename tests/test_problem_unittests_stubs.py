@@ -70,7 +70,8 @@ def loader_over(dataset_class, **settings):
     """The reference get_dataloader over dataset_class."""
 
     def get_dataloader(batch_size, image_size, data_dir, n_images=None):
-        images = helpers.load_faces(data_dir, image_size, n_images, 'train')
+        images = helpers.load_faces(data_dir, image_size, n_images,
+                                    split='train')
         return DataLoader(
             dataset_class(images), batch_size, shuffle=True, **settings
         )
