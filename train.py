@@ -15,7 +15,11 @@ parameters cell. --out receives
                            goes on from it too, and the other way round)
     samples/epoch_NNN.png  the faces of the fixed noise after every epoch
     log.jsonl              one line per epoch: losses, time, speed, score
-    generator.pt           at the end, for evaluate.py
+    generator.pt           at the end, for evaluate.py, with its score
+    generated_faces.png    64 of its faces
+    run.json               the run's figures, as the notebook's
+                           assets/run.json (python -m facegen.report puts
+                           them in the README)
 
 With K processes each one trains on its own --batch-size / K images of every
 batch and draws its own noise; DistributedDataParallel averages the
@@ -29,7 +33,9 @@ import inspect
 import json
 import math
 import os
+import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,17 +48,20 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 import dcgan
-from facegen.faces import HELD_OUT_SIZE, load_faces
+from facegen.faces import HELD_OUT_SIZE, load_faces, metrics_cache_dir
 from facegen.fetch import prepare_data
 from facegen.files import CheckpointError, atomic_write
 from facegen.metrics import append_jsonl
+from facegen.plots import save_image_grid
+from facegen.report import run_figures, write_figures
 from facegen.run import TrainingRun, save_generator
 from facegen.runtime import (PRECISIONS, choose_device, choose_precision,
                              cpu_type, seed_everything)
 from facegen.sampling import recalibrate_batch_norm
-from facegen.score import epoch_scorer
+from facegen.score import describe as describe_score
+from facegen.score import epoch_scorer, full_report, real_floor
 from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
-                              check_config, quick_mode)
+                              check_config, live_progress, quick_mode)
 
 # The notebook's parameters cell where it departs from or adds to COURSE,
 # and what FACEGEN_QUICK=1 changes there (a test checks they agree).
@@ -68,6 +77,7 @@ SCRIPT_HINTS = {  # TrainingRun's advice, in this command's words
              '--seed.',
 }
 LOG_NAME = 'log.jsonl'
+GRID_SIZE = 64  # faces in generated_faces.png, 8 x 8
 
 
 def parse_args(argv=None):
@@ -133,6 +143,8 @@ def parse_args(argv=None):
              '(SyncBatchNorm) instead of over each process\'s share')
     args = parser.parse_args(argv)
     args.quick = quick
+    args.command = shlex.join(['train.py', *(
+        sys.argv[1:] if argv is None else argv)])  # for run.json
     return args
 
 
@@ -147,6 +159,8 @@ def make_config(args):
         n_images=args.n_images, sample_size=args.sample_size,
         n_score=args.n_score, seed=args.seed, precision=args.precision,
         print_every=args.print_every, quick=args.quick)
+    if args.sync_bn:  # a setting of the recipe: a resume must keep it
+        config['sync_bn'] = True  # (absent otherwise: the notebook's keys)
     check_config(config)
     size = config['image_size']
     if size < MIN_IMAGE_SIZE:
@@ -406,7 +420,7 @@ def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, procs,
     which draws a number from torch's random stream, so this keeps one
     process's run the notebook's to the last bit."""
     d_losses, g_losses = [], []
-    terminal = procs.main and sys.stderr.isatty()
+    terminal = procs.main and live_progress()
     batches = tqdm(loader, desc=desc, leave=False, disable=not terminal)
     for batch, (real_images, _) in enumerate(batches, 1):
         real_images = real_images.to(  # (n, 3, S, S) in [0, 1]
@@ -480,28 +494,53 @@ def log_epoch(path, run, epoch, d_losses, g_losses, batch_size, world):
     return record
 
 
-def publish(path, G, config, score, n_scored, device):
-    """Write generator.pt as the notebook publishes its generator
-    (save_generator, the format evaluate.py loads): a plain dcgan.Generator
-    with G's weights, its batch-norm statistics re-estimated for them
-    (recalibrate_batch_norm). The checkpoint keeps G as trained. score:
-    epoch_scorer's function, which compares n_scored faces. Returns the
-    plain-number score saved with the generator."""
+def publish(out, G, config, held_out, train_faces, data_dir, device):
+    """Score G and write generator.pt as the notebook publishes its
+    generator (save_generator, the format evaluate.py loads): a plain
+    dcgan.Generator with G's weights, its batch-norm statistics re-estimated
+    for them (recalibrate_batch_norm); the checkpoint keeps G as trained.
+    The score is the notebook's full report (full_report: SWD over three
+    draws, real-vs-real floor, memorisation against the faces trained on);
+    GRID_SIZE of the scored faces go to generated_faces.png. Returns the
+    report."""
     generator = dcgan.Generator(config['z_size'], config['conv_dim'],
                                 config['image_size'])
     generator.load_state_dict(G.state_dict())  # SyncBatchNorm's keys too
     generator.to(device, memory_format=torch.channels_last)
     recalibrate_batch_norm(generator, config['z_size'])
-    result = {'swd_fast': score(generator), 'n': n_scored}
-    save_generator(path, generator, {key: config[key] for key in (
-        'z_size', 'conv_dim', 'image_size')}, result)
+    result, fake = full_report(generator, config['z_size'], held_out,
+                               train_faces, config['n_score'],
+                               cache_dir=metrics_cache_dir(data_dir))
+    save_image_grid(fake[:GRID_SIZE], out / 'generated_faces.png',
+                    value_range=(0, 255))  # fake: (n, 3, S, S) uint8
+    save_generator(out / 'generator.pt', generator, {key: config[key] for key
+                   in ('z_size', 'conv_dim', 'image_size')}, result)
     return result
+
+
+def write_run_figures(out, run, config, result, faces, data_dir, procs,
+                      amp_dtype, wall_seconds, command):
+    """run.json: the figures the notebook writes to assets/run.json
+    (report.run_figures), for this run, plus the command and the number of
+    processes. faces: (held-out, training) uint8 tensors. command: the
+    command line that ran. wall_seconds:
+    None when the run went on from a checkpoint, as the command then ran
+    for part of it only."""
+    epoch_floor = real_floor(*faces, config['n_score'],
+                             repeats=1, metric='swd_fast',
+                             cache_dir=metrics_cache_dir(data_dir))
+    figures = run_figures(config, result, run.scores, run.seconds,
+                          epoch_floor, procs.device, amp_dtype, wall_seconds)
+    figures.update(processes=procs.world,
+                   command=command)
+    return write_figures(out / 'run.json', figures)
 
 
 def train(args, config, procs):
     """The run: build as the notebook does, train the epochs the checkpoint
     in --out does not hold yet, publish the generator. Returns the path of
     generator.pt (on the first process; None on the others)."""
+    started = time.perf_counter()
     out = Path(args.out)
     local_batch_size(config['batch_size'], procs.world)  # fail early
     if args.sync_bn and procs.distributed and procs.device.type != 'cuda':
@@ -527,6 +566,7 @@ def train(args, config, procs):
                           device=procs.device)  # (sample_size, z_size)
     run = TrainingRun(out, config, D, G, d_optimizer, g_optimizer, loader,
                       fixed_z, hints=SCRIPT_HINTS)  # resumes
+    resumed = run.done > 0
     done = procs.gather(run.done)
     if len(set(done)) > 1:
         raise ValueError(
@@ -552,12 +592,20 @@ def train(args, config, procs):
         procs.barrier()  # the others wait meanwhile
     published = None
     if procs.main:
+        train_faces = load_faces(data_dir, config['image_size'],
+                                 config['n_images'],
+                                 split='train')  # (N, 3, S, S) uint8
+        result = publish(out, G, config, held_out, train_faces, data_dir,
+                         procs.device)
+        print(describe_score(result))
+        write_run_figures(out, run, config, result, (held_out, train_faces),
+                          data_dir, procs, amp_dtype,
+                          None if resumed else time.perf_counter() - started,
+                          args.command)
         published = out / 'generator.pt'
-        result = publish(published, G, config, score,
-                         min(config['n_score'], len(held_out)), procs.device)
-        print(f'Saved {published} (fast SWD {result["swd_fast"]:.2f} on '
-              f'{result["n"]} held-out faces). Full score: python '
-              f'evaluate.py --weights {published} --real {data_dir}')
+        print(f'Saved {published}, {out / "generated_faces.png"} and '
+              f'{out / "run.json"}. Score it again: python evaluate.py '
+              f'--weights {published} --real {data_dir}')
     procs.barrier()
     return published
 

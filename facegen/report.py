@@ -1,7 +1,10 @@
 """The measured figures of a full run, written as JSON, and the README's
-results table made from that JSON, so no figure is copied by hand."""
+tables made from that JSON, so no figure is copied by hand: the notebook's
+committed run (assets/run.json) and the committed runs of train.py
+(assets/train_*.json, each a run folder's run.json)."""
 import json
 import platform
+from pathlib import Path
 
 import torch
 
@@ -12,7 +15,8 @@ from .runtime import cpu_type
 def run_figures(config, result, scores, seconds, epoch_floor, device,
                 amp_dtype, wall_seconds):
     """The figures a run measured, as plain values: its settings, machine,
-    time per epoch, score per epoch and final score (full_report's dict)."""
+    time per epoch, score per epoch and final score (full_report's dict).
+    wall_seconds: start to end, or None when unknown (a resumed run)."""
     machine = (torch.cuda.get_device_name(device) if device.type == 'cuda'
                else cpu_type())
     return {
@@ -22,7 +26,8 @@ def run_figures(config, result, scores, seconds, epoch_floor, device,
         'torch': torch.__version__, 'python': platform.python_version(),
         'epoch_seconds': [round(s, 1) for s in seconds],
         'train_seconds': round(sum(seconds), 1),
-        'wall_seconds': round(wall_seconds, 1),
+        'wall_seconds': (None if wall_seconds is None
+                         else round(wall_seconds, 1)),
         'epoch_scores': [round(s, 2) for s in scores],
         'epoch_floor': round(epoch_floor, 2),
         'score': {key: (round(value, 2) if isinstance(value, float)
@@ -63,29 +68,71 @@ def results_table(figures):
     return '\n'.join(lines)
 
 
+def runs_table(runs):
+    """The README's table of runs of train.py: one row per run's figures
+    (its run.json), with the score's figures as in results_table."""
+    lines = ['| faces | machine | training | SWD | floor | score ÷ floor '
+             '| memorisation |', '|---|---|---|---:|---:|---:|---:|']
+    for figures in runs:
+        config, score = figures['config'], figures['score']
+        size, epochs = config['image_size'], len(figures['epoch_seconds'])
+        processes = figures.get('processes', 1)
+        lines.append(
+            f"| {size}×{size}, conv_dim {config['conv_dim']} | "
+            f"{figures['machine']}, {processes} × {figures['threads']} "
+            f"threads, {figures['precision']} | {epochs} epochs, "
+            f"{_minutes(figures['train_seconds'])} | {score['swd']:.2f} | "
+            f"{score['floor']:.2f} | {score['swd_over_floor']:.2f}× | "
+            f"{score['memorisation']:.2f} |")
+    return '\n'.join(lines)
+
+
 RESULTS_START = '<!-- results table: made from assets/run.json -->'
 RESULTS_END = '<!-- end of results table -->'
+RUNS_GLOB = 'train_*.json'  # assets/ files: run.json of committed train.py
+RUNS_START = f'<!-- runs table: made from assets/{RUNS_GLOB} -->'
+RUNS_END = '<!-- end of runs table -->'
+
+
+def _replace_between(text, start_marker, end_marker, table):
+    """text with the part between two marker lines replaced by table."""
+    start = text.index(start_marker) + len(start_marker)
+    end = text.index(end_marker)
+    return text[:start] + '\n' + table + '\n' + text[end:]
 
 
 def with_results_table(readme_text, figures):
     """readme_text with the part between the results markers replaced by
     results_table(figures)."""
-    start = readme_text.index(RESULTS_START) + len(RESULTS_START)
-    end = readme_text.index(RESULTS_END)
-    return (readme_text[:start] + '\n' + results_table(figures) + '\n'
-            + readme_text[end:])
+    return _replace_between(readme_text, RESULTS_START, RESULTS_END,
+                            results_table(figures))
+
+
+def with_runs_table(readme_text, runs):
+    """readme_text with the part between the runs markers replaced by
+    runs_table(runs)."""
+    return _replace_between(readme_text, RUNS_START, RUNS_END,
+                            runs_table(runs))
+
+
+def committed_runs(assets):
+    """The figures of the committed train.py runs in the folder assets
+    (its train_*.json files, by name)."""
+    return [json.loads(path.read_text('utf-8'))
+            for path in sorted(Path(assets).glob(RUNS_GLOB))]
 
 
 def main():
-    """python -m facegen.report: refresh the README's results table from
-    assets/run.json (both relative to the current folder)."""
-    with open('assets/run.json', encoding='utf-8') as f:
-        figures = json.load(f)
-    with open('README.md', encoding='utf-8') as f:
-        text = f.read()
-    atomic_write('README.md', lambda out: out.write(
-        with_results_table(text, figures)), mode='w')
-    print('README.md: results table made from assets/run.json')
+    """python -m facegen.report: refresh the README's tables from
+    assets/run.json and assets/train_*.json (both relative to the current
+    folder)."""
+    figures = json.loads(Path('assets/run.json').read_text('utf-8'))
+    text = Path('README.md').read_text('utf-8')
+    text = with_runs_table(with_results_table(text, figures),
+                           committed_runs('assets'))
+    atomic_write('README.md', lambda out: out.write(text), mode='w')
+    print(f'README.md: tables made from assets/run.json and '
+          f'assets/{RUNS_GLOB}')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import torch
 import dcgan
 import helpers
 import train
+from facegen import report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
@@ -216,7 +217,22 @@ def test_run_folder_log_and_generator(faces, tmp_path):
     assert record['score'] > 0
     G, info = helpers.load_generator(published, dcgan.Generator)
     assert info['config'] == dict(z_size=8, conv_dim=8, image_size=16)
-    assert info['score']['n'] == 16 and info['score']['swd_fast'] > 0
+    score = info['score']  # the notebook's full report, on 16 faces
+    assert score['n'] == 16 and score['swd'] > 0 and score['floor'] > 0
+    assert score['swd_over_floor'] == pytest.approx(
+        score['swd'] / score['floor'])
+    assert score['memorisation'] > 0
+    assert (out / 'generated_faces.png').is_file()
+    figures = json.loads((out / 'run.json').read_text('utf-8'))
+    assert figures['config'] == config_of('--epochs', '1')
+    assert figures['command'].startswith('train.py --data ')
+    assert figures['processes'] == 1 and figures['threads'] == 1
+    assert figures['epoch_scores'] == [round(record['score'], 2)]
+    assert figures['epoch_seconds'] == [round(state['seconds'][0], 1)]
+    assert figures['wall_seconds'] >= figures['train_seconds']
+    assert figures['score'] == {key: round(value, 2) for key, value
+                                in score.items()}
+    assert '| 16×16, conv_dim 8 |' in report.runs_table([figures])
     # Batch norm re-estimated for the final weights; the checkpoint keeps
     # the statistics training left.
     trained = state['G']
@@ -235,6 +251,9 @@ def test_rerun_goes_on_and_changed_settings_are_refused(faces, tmp_path,
     assert '1 of 2 epochs done' in capsys.readouterr().out
     log = train.read_log(tmp_path / 'log.jsonl')
     assert [record['epoch'] for record in log] == [1, 2]
+    figures = json.loads((tmp_path / 'run.json').read_text('utf-8'))
+    assert len(figures['epoch_seconds']) == 2  # both commands' epochs ...
+    assert figures['wall_seconds'] is None  # ... but only the last's time
     with pytest.raises(ValueError, match=r'lr 0\.0.* there, 0\.01 here.*'
                                          r'pass another --out'):
         run_script(faces, tmp_path, '--epochs', '2', '--no-lr-decay',
@@ -284,6 +303,14 @@ def test_batch_must_split_evenly_across_processes():
         train.local_batch_size(100, 3)
     with pytest.raises(ValueError, match=r'multiple of 4, e\.g\. 4\.'):
         train.local_batch_size(2, 4)
+
+
+def test_sync_bn_is_a_setting_of_the_run():
+    """A run with --sync-bn records it, so going on without it (or the
+    other way round) is refused like any other changed setting; without
+    it the config keeps the notebook's keys."""
+    assert config_of('--sync-bn')['sync_bn'] is True
+    assert 'sync_bn' not in config_of()
 
 
 def test_sync_bn_is_refused_on_cpus_before_anything_else():
