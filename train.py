@@ -521,18 +521,16 @@ def publish(out, G, config, held_out, train_faces, data_dir, device):
 def write_run_figures(out, run, config, result, faces, data_dir, procs,
                       amp_dtype, wall_seconds, command):
     """run.json: the figures the notebook writes to assets/run.json
-    (report.run_figures), for this run, plus the command and the number of
-    processes. faces: (held-out, training) uint8 tensors. command: the
-    command line that ran. wall_seconds:
-    None when the run went on from a checkpoint, as the command then ran
-    for part of it only."""
-    epoch_floor = real_floor(*faces, config['n_score'],
-                             repeats=1, metric='swd_fast',
+    (report.run_figures), for this run, plus the command line that ran
+    and the number of processes. faces: (held-out, training) uint8
+    tensors. wall_seconds: None when the run went on from a checkpoint, as
+    the command then ran for part of it only."""
+    epoch_floor = real_floor(*faces, config['n_score'], repeats=1,
+                             metric='swd_fast',
                              cache_dir=metrics_cache_dir(data_dir))
     figures = run_figures(config, result, run.scores, run.seconds,
                           epoch_floor, procs.device, amp_dtype, wall_seconds)
-    figures.update(processes=procs.world,
-                   command=command)
+    figures.update(processes=procs.world, command=command)
     return write_figures(out / 'run.json', figures)
 
 

@@ -20,7 +20,6 @@ Run from the project root (see experiments/README.md):
     python -m experiments.benchmark --quick  # a few steps: does it run (CI)
 """
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -36,6 +35,7 @@ from torchvision import datasets, transforms
 from tqdm.auto import tqdm
 
 import dcgan
+from experiments import reporting
 from facegen.faces import load_faces
 from facegen.fetch import is_image_name, prepare_data
 from facegen.runtime import choose_device, choose_precision, cpu_type
@@ -378,14 +378,7 @@ def format_table(report):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    report = run(args)
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')
-        print(f'wrote {args.json}')
-    return report
+    return reporting.report(run, format_table, parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import multiprocessing
 import os
 import platform
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from experiments import reporting
 from facegen.faces import cache_file, load_faces
 from facegen.fetch import prepare_data
 from facegen.runtime import choose_precision, cpu_type
@@ -551,14 +551,7 @@ def with_table(readme_text, report):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    report = run(args)
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')
-        print(f'wrote {args.json}')
-    return report
+    return reporting.report(run, format_table, parse_args(argv))
 
 
 if __name__ == '__main__':

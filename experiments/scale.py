@@ -15,7 +15,6 @@ Run from the project root (see experiments/README.md):
     python -m experiments.scale --quick              # does it run (CI)
 """
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 import dcgan
+from experiments import reporting
 from experiments.benchmark import (build_models, matmul_flops_per_s,
                                    synchronize, train_flops_per_image)
 from facegen.faces import HELD_OUT_SIZE
@@ -181,14 +181,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    report = run(args)
-    print(format_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2), encoding='utf-8')
-        print(f'wrote {args.json}')
-    return report
+    return reporting.report(run, format_table, parse_args(argv))
 
 
 if __name__ == '__main__':

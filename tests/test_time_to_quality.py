@@ -1,0 +1,87 @@
+"""experiments/time_to_quality.py: the curves, what is read off them, and
+the committed figures in the write-up."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jpegs
+from experiments import time_to_quality as ttq
+
+ROOT = Path(__file__).resolve().parents[1]
+SAVED = ROOT / 'assets' / 'time_to_quality.json'
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def curve(recipe, seed, points):
+    """A run with (wall seconds, score) after each epoch."""
+    return {'recipe': recipe, 'seed': seed, 'epochs': [
+        {'epoch': i, 'wall_s': wall, 'cpu_s': 2 * wall, 'score': score}
+        for i, (wall, score) in enumerate(points, 1)]}
+
+
+def test_the_default_is_timed_to_the_courses_best_score():
+    runs = [curve('course', 1, [(60, 90), (120, 40), (180, 50), (240, 45)]),
+            curve('default', 1, [(30, 70), (60, 41), (90, 39.5)]),
+            curve('course', 2, [(60, 30)]),
+            curve('default', 2, [(30, 31), (60, 32)])]
+    first, second = ttq.summarise(runs)
+    # Seed 1: the course's best is 40, after 120 s; the default first
+    # scores 40 or better after 90 s (41 after 60 s is not enough).
+    assert first == {'seed': 1, 'course_best': 40, 'course_best_epoch': 2,
+                     'course_best_s': 120, 'default_s': 90,
+                     'default_best': 39.5, 'speedup': 120 / 90}
+    assert second['default_s'] is None and second['speedup'] is None
+    table = ttq.format_table({
+        'summary': [first, second], 'cpu': 'X', 'threads': 2, 'torch': 't',
+        'epochs': {'course': 4, 'default': 3}, 'default_precision': 'fp32',
+        'floor_fast': 9.87})
+    assert '| 1 | 40.0 (epoch 2, 2.0 min) | 1.5 min | 1.3× | 39.5 |' in table
+    assert '| 2 | 30.0 (epoch 1, 1.0 min) | not reached | - | 31.0 |' in table
+    assert 'real-vs-real fast SWD 9.9' in table
+
+
+@pytest.fixture
+def faces(tmp_path, monkeypatch):
+    """300 faces in a subfolder, as ImageFolder wants them; FACEGEN_DATA
+    points at them."""
+    root = tmp_path / 'faces'
+    write_jpegs(root / 'celeba', 300, size=32)
+    monkeypatch.setenv('FACEGEN_DATA', str(root))
+    return root
+
+
+def test_quick_run_trains_both_recipes_for_every_seed(faces, tmp_path):
+    saved = tmp_path / 'ttq.json'
+    report = ttq.main(['--quick', '--seeds', '1', '2', '--json', str(saved),
+                       '--out-dir', str(tmp_path / 'runs')])
+    # Who goes first alternates from seed to seed.
+    assert [(run['recipe'], run['seed']) for run in report['runs']] == [
+        ('course', 1), ('default', 1), ('default', 2), ('course', 2)]
+    for run in report['runs']:
+        walls = [record['wall_s'] for record in run['epochs']]
+        assert len(walls) == 2 and 0 < walls[0] < walls[1]
+        assert all(record['score'] > 0 for record in run['epochs'])
+    assert [row['seed'] for row in report['summary']] == [1, 2]
+    assert json.loads(saved.read_text('utf-8'))['summary'] == report[
+        'summary']
+    assert saved.with_suffix('.png').stat().st_size > 10_000
+    logged = (tmp_path / 'runs' / 'log.jsonl').read_text().splitlines()
+    assert len(logged) == 8  # one line per epoch, written as it ends
+
+
+def test_the_course_loader_never_serves_held_out_faces(faces):
+    loader = ttq.course_loader(faces, 10, 32)
+    # 300 faces, of which 30 are held out
+    assert len(loader.dataset) == 270
+
+
+@pytest.mark.skipif(not SAVED.exists(), reason='no committed measurement')
+def test_write_up_quotes_the_committed_figures():
+    report = json.loads(SAVED.read_text('utf-8'))
+    assert not report['quick'] and len(report['summary']) >= 2
+    readme = (ROOT / 'experiments' / 'README.md').read_text('utf-8')
+    assert ttq.format_table(report) in readme, (
+        'copy the table python -m experiments.time_to_quality gives')
+    assert 'assets/time_to_quality.png' in readme
