@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 from tqdm.auto import tqdm
@@ -64,12 +64,18 @@ def image_folder_root(data_dir):
     return data_dir
 
 
-def course_loader(data_dir, batch_size, image_size, num_workers):
+def course_loader(data_dir, batch_size, image_size, num_workers,
+                  is_valid_file=None, n_images=None):
     """The loader most student copies wrote: decode and resize every JPEG
-    every epoch."""
+    every epoch. is_valid_file: ImageFolder's filter (e.g.
+    facegen.faces.is_training_file(data_dir)); n_images: only the first
+    n_images it keeps, in ImageFolder's order."""
     transform = transforms.Compose([transforms.Resize(image_size),
                                     transforms.ToTensor()])
-    dataset = datasets.ImageFolder(data_dir, transform=transform)
+    dataset = datasets.ImageFolder(data_dir, transform=transform,
+                                   is_valid_file=is_valid_file)
+    if n_images is not None:
+        dataset = Subset(dataset, range(n_images))
     return DataLoader(dataset, batch_size=batch_size, shuffle=True,
                       drop_last=True, num_workers=num_workers)
 

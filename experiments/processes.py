@@ -44,6 +44,7 @@ import torch
 from experiments import reporting
 from facegen.faces import cache_file, load_faces
 from facegen.fetch import prepare_data
+from facegen.report import replace_between
 from facegen.runtime import choose_precision, cpu_type
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
 
@@ -539,15 +540,8 @@ TABLE_END = '<!-- end of processes table -->'
 def with_table(readme_text, report):
     """readme_text with format_table(report) between the table's marker
     comments (TABLE_START, TABLE_END), which stay."""
-    start = readme_text.find(TABLE_START)
-    end = readme_text.find(TABLE_END, start)
-    if start < 0 or end < 0:
-        raise ValueError(
-            f'The README has no place for the table: put the lines '
-            f'{TABLE_START} and {TABLE_END} where it belongs, in that '
-            f'order.')
-    head = readme_text[:start + len(TABLE_START)]
-    return f'{head}\n{format_table(report)}\n{readme_text[end:]}'
+    return replace_between(readme_text, TABLE_START, TABLE_END,
+                           format_table(report))
 
 
 def main(argv=None):

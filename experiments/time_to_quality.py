@@ -35,11 +35,10 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
 
 import dcgan
 import train
+from experiments.benchmark import course_loader
 from facegen.faces import (HELD_OUT_SIZE, is_training_file, load_faces,
                            metrics_cache_dir)
 from facegen.fetch import prepare_data
@@ -59,21 +58,6 @@ RECIPES = {  # name -> settings over COURSE
 SEEDS = (42, 43)
 
 
-def course_loader(data_dir, batch_size, image_size, n_images=None):
-    """The student copies' loader: ImageFolder + Resize + ToTensor, every
-    image decoded again in every epoch, over the training split (the first
-    n_images of it, in ImageFolder's order, when given)."""
-    transform = transforms.Compose([transforms.Resize(image_size),
-                                    transforms.ToTensor()])
-    dataset = datasets.ImageFolder(
-        data_dir, transform=transform,
-        is_valid_file=is_training_file(data_dir))
-    if n_images is not None:
-        dataset = torch.utils.data.Subset(dataset, range(n_images))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                      drop_last=True)
-
-
 def train_recipe(name, seed, data, args, device, log):
     """Train one recipe from seed epoch by epoch; returns its run: the
     training time (wall and process CPU seconds, cumulative) and fast score
@@ -81,8 +65,9 @@ def train_recipe(name, seed, data, args, device, log):
     settings = dict(RECIPES[name], n_epochs=args.epochs[name])
     seed_everything(seed)
     size = settings['image_size']
-    loader = (course_loader(data['dir'], settings['batch_size'], size,
-                            args.n_images) if name == 'course' else
+    loader = (course_loader(data['dir'], settings['batch_size'], size, 0,
+                            is_training_file(data['dir']), args.n_images)
+              if name == 'course' else
               dcgan.get_dataloader(settings['batch_size'], size, data['dir'],
                                    args.n_images))
     amp_dtype = choose_precision(device, settings['precision'])

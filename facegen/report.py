@@ -94,24 +94,32 @@ RUNS_START = f'<!-- runs table: made from assets/{RUNS_GLOB} -->'
 RUNS_END = '<!-- end of runs table -->'
 
 
-def _replace_between(text, start_marker, end_marker, table):
-    """text with the part between two marker lines replaced by table."""
-    start = text.index(start_marker) + len(start_marker)
-    end = text.index(end_marker)
+def replace_between(text, start_marker, end_marker, table):
+    """text with the part between two marker lines replaced by table (the
+    markers stay); a ValueError says where to put them when they are
+    missing or out of order."""
+    start = text.find(start_marker)
+    end = text.find(end_marker, max(start, 0))
+    if start < 0 or end < 0:
+        raise ValueError(
+            f'The README has no place for the table: put the lines '
+            f'{start_marker} and {end_marker} where it belongs, in that '
+            f'order.')
+    start += len(start_marker)
     return text[:start] + '\n' + table + '\n' + text[end:]
 
 
 def with_results_table(readme_text, figures):
     """readme_text with the part between the results markers replaced by
     results_table(figures)."""
-    return _replace_between(readme_text, RESULTS_START, RESULTS_END,
+    return replace_between(readme_text, RESULTS_START, RESULTS_END,
                             results_table(figures))
 
 
 def with_runs_table(readme_text, runs):
     """readme_text with the part between the runs markers replaced by
     runs_table(runs)."""
-    return _replace_between(readme_text, RUNS_START, RUNS_END,
+    return replace_between(readme_text, RUNS_START, RUNS_END,
                             runs_table(runs))
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import write_jpegs
 from experiments import time_to_quality as ttq
+from facegen.faces import list_faces, split_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / 'assets' / 'time_to_quality.json'
@@ -71,10 +72,27 @@ def test_quick_run_trains_both_recipes_for_every_seed(faces, tmp_path):
     assert len(logged) == 8  # one line per epoch, written as it ends
 
 
-def test_the_course_loader_never_serves_held_out_faces(faces):
-    loader = ttq.course_loader(faces, 10, 32)
+def test_the_course_recipe_never_trains_on_held_out_faces(faces,
+                                                         monkeypatch):
+    served = []
+
+    def loader(*args, **kwargs):
+        built = ttq.course_loader.__wrapped__(*args, **kwargs)
+        served.append(built.dataset)
+        return built
+
+    loader.__wrapped__ = ttq.course_loader
+    monkeypatch.setattr(ttq, 'course_loader', loader)
+    args = ttq.parse_args(['--quick'])
+    args.n_images = None  # every training face, as a full run has it
+    ttq.train_recipe('course', 1, {'dir': faces, 'score': lambda G: 1.0},
+                     args, ttq.choose_device(), faces.parent / 'log.jsonl')
+    (dataset,) = served
     # 300 faces, of which 30 are held out
-    assert len(loader.dataset) == 270
+    assert len(dataset) == 270
+    held_out = set(split_files(list_faces(faces), 'held_out'))
+    assert not held_out & {Path(path).relative_to(faces).as_posix()
+                           for path, _ in dataset.samples}
 
 
 @pytest.mark.skipif(not SAVED.exists(), reason='no committed measurement')
