@@ -211,27 +211,37 @@ def train_step(D, G, d_optimizer, g_optimizer, real_images, z_size,
 
 
 def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, device,
-                amp_dtype=None, desc='epoch', schedulers=()):
+                amp_dtype=None, desc='epoch', after_step=(), step=None):
     """One pass over loader; returns this epoch's per-batch D and G losses.
-    Each learning-rate scheduler takes one step per batch."""
+    after_step: functions called after every step (the learning-rate
+    schedules, the update of the weight average). step: what trains on one
+    batch (None: train_step; train.py passes one that also averages the
+    losses over its processes). The losses are shown on a progress bar where
+    it can redraw in place, and printed as lines elsewhere (a log file)."""
+    step = step or train_step
+    live = helpers.live_progress()
     d_losses, g_losses = [], []
-    batches = tqdm(loader, desc=desc, leave=False)
-    for real_images, _ in batches:
+    batches = tqdm(loader, desc=desc, leave=False, disable=not live)
+    for batch, (real_images, _) in enumerate(batches, 1):
         real_images = real_images.to(  # (N, 3, S, S) in [0, 1]
             device, memory_format=torch.channels_last, non_blocking=True)
-        d_loss, g_loss = train_step(D, G, d_optimizer, g_optimizer,
-                                    real_images, config['z_size'],
-                                    config['smooth'], amp_dtype)
+        d_loss, g_loss = step(D, G, d_optimizer, g_optimizer, real_images,
+                              config['z_size'], config['smooth'], amp_dtype)
         if not math.isfinite(d_loss + g_loss):
             raise FloatingPointError(
-                f'Training diverged in {desc}, batch {len(d_losses) + 1}: '
-                f'D loss {d_loss}, G loss {g_loss}.')
+                f'Training diverged in {desc}, batch {batch}: D loss '
+                f'{d_loss}, G loss {g_loss}.')
         d_losses.append(d_loss)
         g_losses.append(g_loss)
-        for scheduler in schedulers:
-            scheduler.step()
-        if (len(d_losses) - 1) % config['print_every'] == 0:
-            batches.set_postfix(d_loss=f'{d_loss:.3f}', g_loss=f'{g_loss:.3f}')
+        for update in after_step:
+            update()
+        if (batch - 1) % config['print_every'] == 0:
+            if live:
+                batches.set_postfix(d_loss=f'{d_loss:.3f}',
+                                    g_loss=f'{g_loss:.3f}')
+            else:
+                print(f'{desc}, batch {batch}/{len(loader)}: D loss '
+                      f'{d_loss:.3f}, G loss {g_loss:.3f}', flush=True)
     return d_losses, g_losses
 
 
@@ -240,14 +250,16 @@ def train(D, G, d_optimizer, g_optimizer, loader, fixed_z, config,
     """Train until config['n_epochs'] epochs are done, going on from the
     checkpoint in run_dir if an earlier run left one. score, if given, maps G
     to a number after every epoch (lower is better). Returns the per-batch
-    losses, the fixed-z samples and the score of every epoch."""
+    losses, the fixed-z samples and the score of every epoch, and the
+    generator to keep (the average of G's weights when config['ema_decay'] is
+    set), with its batch-norm statistics re-estimated."""
     run = helpers.TrainingRun(run_dir, config, D, G, d_optimizer,
                               g_optimizer, loader, fixed_z)  # resumes
     for epoch in run.epochs_left():
         with run.epoch(epoch):  # an interrupt or a NaN says what is saved
             d_losses, g_losses = train_epoch(
                 D, G, d_optimizer, g_optimizer, loader, config, run.device,
-                amp_dtype, run.describe(epoch), run.schedulers)
-        # losses kept, G scored, fixed-z samples drawn, checkpoint written
+                amp_dtype, run.describe(epoch), run.after_step)
+        # losses kept, the kept generator scored and drawn, checkpoint written
         run.end_epoch(epoch, d_losses, g_losses, score)
-    return run.losses, run.samples, run.scores
+    return run.losses, run.samples, run.scores, run.kept_generator()

@@ -6,7 +6,7 @@ Read a tool's docstring with help(helpers.NAME), or its module for more.
 Nothing here imports the notebook or its exercise code (dcgan.py).
 """
 # Set-up: the environment's switches, a seed, the device, the number format
-from facegen.settings import check_config, quick_mode
+from facegen.settings import check_config, live_progress, quick_mode
 from facegen.runtime import (choose_device, choose_precision,
                              count_parameters, cpu_name, cpu_type,
                              seed_everything)
@@ -17,9 +17,11 @@ from facegen.fetch import count_images, prepare_data
 from facegen.faces import (HELD_OUT_SIZE, is_training_file, load_faces,
                            metrics_cache_dir, split_files)
 
-# The training run: checkpoint, resume, schedule, interrupt and divergence
+# The training run: checkpoint, resume, schedule, weight average, interrupt
+# and divergence, and the generator it keeps
 from facegen.files import CheckpointError, load_checkpoint, save_checkpoint
-from facegen.run import TrainingRun, load_generator, save_generator
+from facegen.run import (TrainingRun, kept_generator, load_generator,
+                         save_generator)
 
 # Pictures: image grids, loss and score curves, samples over epochs, GIF
 from facegen.plots import (plot_losses, plot_scores, samples_over_epochs,
@@ -41,13 +43,13 @@ from facegen.explorer import explore, interpolation_grid
 from facegen.report import results_table, run_figures, write_figures
 
 __all__ = [
-    'check_config', 'quick_mode', 'choose_device', 'choose_precision',
-    'count_parameters', 'cpu_name', 'cpu_type', 'seed_everything',
-    'prepare_data', 'HELD_OUT_SIZE', 'count_images', 'is_training_file',
-    'load_faces',
-    'metrics_cache_dir', 'split_files', 'CheckpointError', 'load_checkpoint',
-    'save_checkpoint', 'TrainingRun', 'load_generator', 'save_generator',
-    'plot_losses', 'plot_scores', 'samples_over_epochs', 'save_image_grid',
+    'check_config', 'live_progress', 'quick_mode', 'choose_device',
+    'choose_precision', 'count_parameters', 'cpu_name', 'cpu_type',
+    'seed_everything', 'prepare_data', 'HELD_OUT_SIZE', 'count_images',
+    'is_training_file', 'load_faces', 'metrics_cache_dir', 'split_files',
+    'CheckpointError', 'load_checkpoint', 'save_checkpoint', 'TrainingRun',
+    'kept_generator', 'load_generator', 'save_generator', 'plot_losses',
+    'plot_scores', 'samples_over_epochs', 'save_image_grid',
     'save_samples_gif', 'show_gif', 'show_images', 'show_nearest_pairs',
     'generate', 'latent_path', 'recalibrate_batch_norm', 'sample_faces',
     'seeded_z', 'to_uint8', 'nearest_pairs', 'describe', 'epoch_scorer',

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import math
 import os
 import shlex
 import sys
@@ -45,7 +44,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
-from tqdm.auto import tqdm
 
 import dcgan
 from facegen.faces import HELD_OUT_SIZE, load_faces, metrics_cache_dir
@@ -57,17 +55,16 @@ from facegen.report import run_figures, write_figures
 from facegen.run import TrainingRun, save_generator
 from facegen.runtime import (PRECISIONS, choose_device, choose_precision,
                              cpu_type, seed_everything)
-from facegen.sampling import recalibrate_batch_norm
 from facegen.score import describe as describe_score
 from facegen.score import epoch_scorer, full_report, real_floor
 from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
-                              check_config, live_progress, quick_mode)
+                              check_config, quick_mode)
 
 # The notebook's parameters cell where it departs from or adds to COURSE,
 # and what FACEGEN_QUICK=1 changes there (a test checks they agree).
-NOTEBOOK = dict(lr_decay=True, n_epochs=15, n_images=None, sample_size=16,
-                n_score=HELD_OUT_SIZE, seed=42, precision='auto',
-                print_every=50)
+NOTEBOOK = dict(lr_decay=True, ema_decay=0.999, n_epochs=36, n_images=None,
+                sample_size=16, n_score=HELD_OUT_SIZE, seed=42,
+                precision='auto', print_every=50)
 QUICK = dict(n_epochs=2, n_images=512, n_score=256)
 MIN_IMAGE_SIZE = 16  # the score's image pyramid ends at 16x16
 SCRIPT_HINTS = {  # TrainingRun's advice, in this command's words
@@ -125,6 +122,11 @@ def parse_args(argv=None):
         default=default['lr_decay'],
         help='keep the learning rates constant instead of lowering them '
              'linearly to 0 over the run')
+    add('--ema-decay', type=float, metavar='X', default=default['ema_decay'],
+        help="keep, score and publish the exponential moving average of G's "
+             "weights with this decay (default %(default)s)")
+    add('--no-ema', dest='ema_decay', action='store_const', const=None,
+        help="keep G's last weights instead of their average")
     add('--seed', type=int, metavar='N', default=default['seed'],
         help='random seed (default %(default)s)')
     add('--precision', choices=PRECISIONS, default=default['precision'],
@@ -155,7 +157,8 @@ def make_config(args):
         batch_size=args.batch_size, image_size=args.image_size,
         z_size=args.z_size, conv_dim=args.conv_dim, lr=args.lr,
         beta1=args.beta1, beta2=args.beta2, smooth=args.smooth,
-        lr_decay=args.lr_decay, n_epochs=args.epochs,
+        lr_decay=args.lr_decay, ema_decay=args.ema_decay,
+        n_epochs=args.epochs,
         n_images=args.n_images, sample_size=args.sample_size,
         n_score=args.n_score, seed=args.seed, precision=args.precision,
         print_every=args.print_every, quick=args.quick)
@@ -407,44 +410,13 @@ def data_parallel(D, G, procs):
             DistributedDataParallel(G, **options))
 
 
-def train_epoch(D, G, d_optimizer, g_optimizer, loader, config, procs,
-                amp_dtype=None, desc='epoch', schedulers=()):
-    """One pass over this process's batches with the learner's
-    dcgan.train_step: dcgan.train_epoch, with the losses of every step
-    averaged over the processes (so all of them stop together when one is
-    not finite) and a progress bar on a terminal, plain lines elsewhere.
-    Returns this epoch's per-batch D and G losses.
-
-    The loader goes through tqdm.auto's bar, shown or not, as in
-    dcgan.train_epoch: that bar opens one more iterator over the loader,
-    which draws a number from torch's random stream, so this keeps one
-    process's run the notebook's to the last bit."""
-    d_losses, g_losses = [], []
-    terminal = procs.main and live_progress()
-    batches = tqdm(loader, desc=desc, leave=False, disable=not terminal)
-    for batch, (real_images, _) in enumerate(batches, 1):
-        real_images = real_images.to(  # (n, 3, S, S) in [0, 1]
-            procs.device, memory_format=torch.channels_last,
-            non_blocking=True)  # n = batch_size / processes
-        d_loss, g_loss = procs.mean(*dcgan.train_step(
-            D, G, d_optimizer, g_optimizer, real_images, config['z_size'],
-            config['smooth'], amp_dtype))
-        if not math.isfinite(d_loss + g_loss):
-            raise FloatingPointError(
-                f'Training diverged in {desc}, batch {batch}: D loss '
-                f'{d_loss}, G loss {g_loss}.')
-        d_losses.append(d_loss)
-        g_losses.append(g_loss)
-        for scheduler in schedulers:
-            scheduler.step()
-        if (batch - 1) % config['print_every'] == 0:
-            if terminal:
-                batches.set_postfix(d_loss=f'{d_loss:.3f}',
-                                    g_loss=f'{g_loss:.3f}')
-            else:
-                print(f'{desc}, batch {batch}/{len(loader)}: D loss '
-                      f'{d_loss:.3f}, G loss {g_loss:.3f}', flush=True)
-    return d_losses, g_losses
+def averaged_step(procs):
+    """The learner's dcgan.train_step with its two losses averaged over the
+    processes (the same numbers on every one, so that all of them stop
+    together when one is not finite); for dcgan.train_epoch's step."""
+    def step(*args):
+        return procs.mean(*dcgan.train_step(*args))
+    return step
 
 
 def read_log(path):
@@ -494,20 +466,14 @@ def log_epoch(path, run, epoch, d_losses, g_losses, batch_size, world):
     return record
 
 
-def publish(out, G, config, held_out, train_faces, data_dir, device):
-    """Score G and write generator.pt as the notebook publishes its
-    generator (save_generator, the format evaluate.py loads): a plain
-    dcgan.Generator with G's weights, its batch-norm statistics re-estimated
-    for them (recalibrate_batch_norm); the checkpoint keeps G as trained.
+def publish(out, generator, config, held_out, train_faces, data_dir):
+    """Score the generator the run keeps (TrainingRun.kept_generator: the
+    weight average, batch norm re-estimated) and write generator.pt as the
+    notebook publishes it (save_generator, the format evaluate.py loads).
     The score is the notebook's full report (full_report: SWD over three
     draws, real-vs-real floor, memorisation against the faces trained on);
     GRID_SIZE of the scored faces go to generated_faces.png. Returns the
     report."""
-    generator = dcgan.Generator(config['z_size'], config['conv_dim'],
-                                config['image_size'])
-    generator.load_state_dict(G.state_dict())  # SyncBatchNorm's keys too
-    generator.to(device, memory_format=torch.channels_last)
-    recalibrate_batch_norm(generator, config['z_size'])
     result, fake = full_report(generator, config['z_size'], held_out,
                                train_faces, config['n_score'],
                                cache_dir=metrics_cache_dir(data_dir))
@@ -580,9 +546,10 @@ def train(args, config, procs):
             loader.sampler.set_epoch(epoch)  # the same shuffle everywhere
             torch.manual_seed(rank_seed(config['seed'], procs.rank, epoch))
         with run.epoch(epoch):  # an interrupt or a NaN says what is saved
-            d_losses, g_losses = train_epoch(
+            d_losses, g_losses = dcgan.train_epoch(
                 D_ddp, G_ddp, d_optimizer, g_optimizer, loader, config,
-                procs, amp_dtype, run.describe(epoch), run.schedulers)
+                procs.device, amp_dtype, run.describe(epoch), run.after_step,
+                averaged_step(procs))
         if procs.main:  # scores, draws samples, writes the checkpoint
             run.end_epoch(epoch, d_losses, g_losses, score)
             log_epoch(log, run, epoch, d_losses, g_losses,
@@ -593,8 +560,8 @@ def train(args, config, procs):
         train_faces = load_faces(data_dir, config['image_size'],
                                  config['n_images'],
                                  split='train')  # (N, 3, S, S) uint8
-        result = publish(out, G, config, held_out, train_faces, data_dir,
-                         procs.device)
+        result = publish(out, run.kept_generator(), config, held_out,
+                         train_faces, data_dir)
         print(describe_score(result))
         write_run_figures(out, run, config, result, (held_out, train_faces),
                           data_dir, procs, amp_dtype,

@@ -13,8 +13,11 @@ as training time):
   which makes it a little faster than the student copies were: the
   speed-ups below are, if anything, understated.
 * default: the notebook's parameters cell (train.NOTEBOOK): faces decoded
-  once (dcgan.get_dataloader), the precision choose_precision picks, and
-  learning rates falling to 0 over its epochs.
+  once (dcgan.get_dataloader), the precision choose_precision picks,
+  learning rates falling to 0 over its epochs, and the average of G's
+  weights as the generator kept and scored (facegen.run.kept_generator).
+  The course's G is scored as its student copies left it, batch-norm
+  statistics and all.
 
 Both go through the notebook's own epoch (dcgan.train_epoch). For each seed
 the script finds the course's best score and when it got there, and when
@@ -43,7 +46,7 @@ from facegen.faces import (HELD_OUT_SIZE, is_training_file, load_faces,
                            metrics_cache_dir)
 from facegen.fetch import prepare_data
 from facegen.metrics import append_jsonl
-from facegen.run import linear_decay
+from facegen.run import kept_generator, linear_decay, weight_average
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
                              seed_everything)
 from facegen.score import epoch_scorer, real_floor
@@ -76,8 +79,11 @@ def train_recipe(name, seed, data, args, device, log):
     d_opt, g_opt = dcgan.build_optimizers(
         D, G, settings['lr'], (settings['beta1'], settings['beta2']))
     total = settings['n_epochs'] * len(loader)
-    schedulers = ([linear_decay(opt, total) for opt in (d_opt, g_opt)]
+    after_step = ([linear_decay(opt, total).step for opt in (d_opt, g_opt)]
                   if settings['lr_decay'] else [])
+    average = weight_average(G, settings['ema_decay'])
+    if average is not None:
+        after_step.append(lambda: average.update_parameters(G))
     run = {'recipe': name, 'seed': seed,
            'precision': 'fp32' if amp_dtype is None else 'bf16 autocast',
            'epochs': []}
@@ -86,11 +92,13 @@ def train_recipe(name, seed, data, args, device, log):
         started, cpu_started = time.perf_counter(), time.process_time()
         dcgan.train_epoch(D, G, d_opt, g_opt, loader, settings, device,
                           amp_dtype, f'{name}, seed {seed}, epoch {epoch}',
-                          schedulers)
+                          after_step)
         wall += time.perf_counter() - started
         cpu += time.process_time() - cpu_started
+        scored = (G if name == 'course' else
+                  kept_generator(G, average, settings['z_size']))
         record = {'epoch': epoch, 'wall_s': round(wall, 2),
-                  'cpu_s': round(cpu, 2), 'score': data['score'](G)}
+                  'cpu_s': round(cpu, 2), 'score': data['score'](scored)}
         run['epochs'].append(record)
         append_jsonl({'recipe': name, 'seed': seed, **record}, log)
         print(f"{name}, seed {seed}, epoch {epoch}: fast SWD "

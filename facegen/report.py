@@ -70,15 +70,19 @@ def results_table(figures):
 
 def runs_table(runs):
     """The README's table of runs of train.py: one row per run's figures
-    (its run.json), with the score's figures as in results_table."""
-    lines = ['| faces | machine | training | SWD | floor | score ÷ floor '
+    (its run.json), with the score's figures as in results_table. The first
+    column names the run: image size, width, seed, and whether the kept
+    generator is the average of G's weights or G's last weights."""
+    lines = ['| run | machine | training | SWD | floor | score ÷ floor '
              '| memorisation |', '|---|---|---|---:|---:|---:|---:|']
     for figures in runs:
         config, score = figures['config'], figures['score']
         size, epochs = config['image_size'], len(figures['epoch_seconds'])
+        kept = 'average of G' if config.get('ema_decay') else 'last G'
         processes = figures.get('processes', 1)
         lines.append(
-            f"| {size}×{size}, conv_dim {config['conv_dim']} | "
+            f"| {size}×{size}, conv_dim {config['conv_dim']}, seed "
+            f"{config['seed']}, {kept} | "
             f"{figures['machine']}, {processes} × {figures['threads']} "
             f"threads, {figures['precision']} | {epochs} epochs, "
             f"{_minutes(figures['train_seconds'])} | {score['swd']:.2f} | "

@@ -1,17 +1,20 @@
 """The training run around the learner's loop: checkpoints after every
-epoch, exact resume, the learning-rate schedule, and clear messages when a
-run is interrupted or diverges; plus the published generator file.
+epoch, exact resume, the learning-rate schedule, the average of the
+generator's weights, and clear messages when a run is interrupted or
+diverges; plus the published generator file.
 """
 import time
 from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 
 import torch
-from torch import optim
+from torch import nn, optim
+from torch.optim.swa_utils import AveragedModel
 
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .plots import save_image_grid
-from .sampling import generate
+from .sampling import generate, recalibrate_batch_norm
 
 # Settings that may change between a run and its resumption without
 # changing what is trained.
@@ -32,6 +35,61 @@ def linear_decay(optimizer, total_steps):
     per batch, to 0 after total_steps batches."""
     return optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0,
                                        end_factor=0.0, total_iters=total_steps)
+
+
+# The average's decay after n updates is min(ema_decay, (1 + n) / (10 + n)):
+# it remembers only the last few steps at first, when the weights still
+# change fast, and reaches ema_decay after about 10 / (1 - ema_decay) steps.
+EMA_WARMUP = 10
+
+
+def ema_update(decay):
+    """AveragedModel's multi_avg_fn for an exponential moving average of the
+    weights with a warming-up decay (EMA_WARMUP)."""
+    def update(averages, weights, n_averaged):
+        n = float(n_averaged)  # updates before this one
+        keep = min(decay, (1 + n) / (EMA_WARMUP + n))
+        if torch.is_floating_point(averages[0]):
+            torch._foreach_lerp_(averages, weights, 1 - keep)
+        else:  # integer buffers, e.g. batch norm's count: the latest one
+            torch._foreach_copy_(averages, weights)
+    return update
+
+
+def weight_average(G, decay):
+    """An exponential moving average of G's weights (ema_update), updated by
+    average.update_parameters(G) after every step; None when decay is None.
+    Its batch-norm statistics are not averaged: kept_generator re-estimates
+    them."""
+    if decay is None:
+        return None
+    return AveragedModel(G, multi_avg_fn=ema_update(decay))
+
+
+def plain_batch_norm(net):
+    """net, with every SyncBatchNorm (train.py --sync-bn) replaced in place
+    by a BatchNorm2d holding its weights and statistics, so that it runs in
+    one process."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = nn.BatchNorm2d(child.num_features, child.eps,
+                                   child.momentum, child.affine,
+                                   child.track_running_stats)
+            plain.load_state_dict(child.state_dict())
+            setattr(net, name, plain.to(child.running_mean.device))
+        else:
+            plain_batch_norm(child)
+    return net
+
+
+def kept_generator(G, average, z_size):
+    """The generator whose faces count: a copy of the weight average (of G
+    itself when average is None), in eval mode, with its batch-norm
+    statistics re-estimated for its weights (recalibrate_batch_norm). G and
+    the average stay as they are."""
+    kept = plain_batch_norm(deepcopy(G if average is None
+                                     else average.module))
+    return recalibrate_batch_norm(kept, z_size).eval()
 
 
 def training_state(config, epoch, nets, optimizers, losses, fixed_z, samples,
@@ -95,14 +153,21 @@ def resume_training(path, config, nets, optimizers, other_dir=None):
 
 class TrainingRun:
     """What a training loop needs besides the training: the checkpoint in
-    run_dir (resumed when there is one), the learning-rate schedulers, the
-    losses, fixed-noise samples and scores of every epoch so far.
+    run_dir (resumed when there is one), what runs after every step (the
+    learning-rate schedules and the weight average, run.after_step), the
+    losses, fixed-noise samples and scores of every epoch so far, and the
+    generator to keep.
 
         run = TrainingRun(run_dir, config, D, G, d_opt, g_opt, loader, z)
         for epoch in run.epochs_left():
             with run.epoch(epoch):       # explains an interrupt or a NaN
-                d_losses, g_losses = ...  # one pass over loader
+                d_losses, g_losses = ...  # one pass over loader, calling
+                                          # each of run.after_step per step
             run.end_epoch(epoch, d_losses, g_losses, score)
+        G_kept = run.kept_generator()
+
+    config['ema_decay']: the decay of the average of G's weights that is
+    kept, scored and shown (None: G itself, as trained).
 
     hints: the sentences that say what to do after an interrupt, a
     divergence or a refusal (NOTEBOOK_HINTS's keys); the notebook's words by
@@ -127,7 +192,12 @@ class TrainingRun:
             total = config['n_epochs'] * len(loader)
             schedulers = {'lr_D': linear_decay(d_optimizer, total),
                           'lr_G': linear_decay(g_optimizer, total)}
-        self.schedulers = list(schedulers.values())
+        self.average = weight_average(G, config.get('ema_decay'))
+        if self.average is not None:
+            self.nets['G_average'] = self.average
+        self.after_step = [scheduler.step for scheduler in schedulers.values()]
+        if self.average is not None:
+            self.after_step.append(lambda: self.average.update_parameters(G))
         self.stateful = {**optimizers, **schedulers}  # saved with weights
         self.losses, self.samples, self.scores = {'D': [], 'G': []}, [], []
         self.seconds = []  # training time of each epoch, scoring left out
@@ -169,20 +239,27 @@ class TrainingRun:
                 f'{error} {last_good}. {self.hints["retry"]}') from None
         self.seconds.append(time.perf_counter() - start)
 
+    def kept_generator(self):
+        """The generator as it stands now that the run keeps: see
+        kept_generator (the function)."""
+        return kept_generator(self.G, self.average, self.config['z_size'])
+
     def end_epoch(self, epoch, d_losses, g_losses, score=None):
-        """Keep the epoch's losses, score G (when score is given), print a
-        line, draw the fixed-noise samples and write the checkpoint."""
+        """Keep the epoch's losses, score the kept generator (when score is
+        given), print a line, draw its fixed-noise samples and write the
+        checkpoint."""
         self.losses['D'] += d_losses
         self.losses['G'] += g_losses
+        kept = self.kept_generator()
         if score is not None:
-            self.scores.append(score(self.G))
+            self.scores.append(score(kept))
         scored = (f', score {self.scores[-1]:.1f}' if score is not None
                   else '')
         print(f'{self.describe(epoch)}: '
               f'D loss {sum(d_losses) / len(d_losses):.3f}, '
               f'G loss {sum(g_losses) / len(g_losses):.3f}{scored} '
               f'({self.seconds[-1]:.1f} s)')
-        self.samples.append(generate(self.G, self.fixed_z))  # (n, 3, S, S)
+        self.samples.append(generate(kept, self.fixed_z))  # (n, 3, S, S)
         save_image_grid(self.samples[-1],
                         self.run_dir / 'samples' / f'epoch_{epoch:03d}.png')
         save_checkpoint(self.checkpoint, training_state(

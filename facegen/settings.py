@@ -16,7 +16,7 @@ DEFAULT_DATA_DIR = 'processed_celeba_small/'  # where the course data lands
 # The course project's recipe (DCGAN paper values, 32x32 faces).
 COURSE = dict(batch_size=128, image_size=32, z_size=100, conv_dim=32,
               lr=0.0002, beta1=0.5, beta2=0.999, smooth=False,
-              lr_decay=False)
+              lr_decay=False, ema_decay=None)
 
 _TRUE_WORDS = ('1', 'true', 'yes')
 _FALSE_WORDS = ('0', '')
@@ -45,12 +45,14 @@ def quick_mode():
 def live_progress():
     """True where a progress bar redraws in place: a terminal, or a Jupyter
     kernel (notebook, Colab). False where output goes to a file or a pipe (a
-    log, CI), which would keep every redraw: scripts print plain lines
-    there instead."""
+    log, CI, or nowhere, as in train.py's other processes), which would keep
+    every redraw: plain lines are printed there instead. The bar draws on
+    standard error, the lines on standard output: both must be a
+    terminal."""
     ipython = sys.modules.get('IPython')  # imported by every kernel
     shell = ipython.get_ipython() if ipython is not None else None
     in_kernel = getattr(shell, 'kernel', None) is not None  # not a terminal
-    return in_kernel or sys.stderr.isatty()
+    return in_kernel or (sys.stdout.isatty() and sys.stderr.isatty())
 
 
 def positive_int(value, name):
@@ -78,6 +80,13 @@ def check_config(config):
         if not isinstance(config[name], bool):
             raise ValueError(
                 f'{name} must be True or False; got {config[name]!r}.')
+    decay = config.get('ema_decay')
+    if decay is not None and (isinstance(decay, bool)
+                              or not isinstance(decay, (int, float))
+                              or not 0 < decay < 1):
+        raise ValueError(
+            f'ema_decay must be None (keep the last weights) or between 0 '
+            f'and 1, e.g. 0.999; got {decay!r}.')
     for name in ('beta1', 'beta2'):
         if not 0 <= config[name] < 1:
             raise ValueError(

@@ -101,7 +101,7 @@ def test_quick_mode_rejects_unknown_value(monkeypatch):
 
 
 class Stream:
-    """A stand-in for sys.stderr: a terminal or not."""
+    """A stand-in for sys.stdout or sys.stderr: a terminal or not."""
 
     def __init__(self, tty):
         self.tty = tty
@@ -110,18 +110,21 @@ class Stream:
         return self.tty
 
 
-@pytest.mark.parametrize('kernel, tty, live', [
-    (False, False, False),  # a log file, a pipe, CI
-    (False, True, True),    # a terminal
-    (True, False, True),    # Jupyter or Colab: stderr is no terminal
+@pytest.mark.parametrize('kernel, out_tty, err_tty, live', [
+    (False, False, False, False),  # a log file, a pipe, CI
+    (False, True, True, True),     # a terminal
+    (False, False, True, False),   # python train.py > log: lines to the log
+    (False, True, False, False),   # stderr sent elsewhere
+    (True, False, False, True),    # Jupyter or Colab: no terminal, a kernel
 ])
-def test_progress_bars_redraw_only_where_they_can(monkeypatch, kernel, tty,
-                                                  live):
+def test_progress_bars_redraw_only_where_they_can(monkeypatch, kernel,
+                                                  out_tty, err_tty, live):
     from facegen import settings
     shell = types.SimpleNamespace(kernel=object()) if kernel else None
     monkeypatch.setitem(sys.modules, 'IPython', types.SimpleNamespace(
         get_ipython=lambda: shell))  # a kernel's shell has a kernel
-    monkeypatch.setattr(sys, 'stderr', Stream(tty))
+    monkeypatch.setattr(sys, 'stdout', Stream(out_tty))
+    monkeypatch.setattr(sys, 'stderr', Stream(err_tty))
     assert settings.live_progress() is live
 
 

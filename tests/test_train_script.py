@@ -175,25 +175,30 @@ def test_train_py_goes_on_from_a_notebook_checkpoint(
     assert [record['epoch'] for record in log] == [2]
 
 
-def test_train_epoch_is_dcgan_train_epoch(faces):
-    """train.py's loop, in one process, is the learner's loop (plus a
-    progress display)."""
+class Shifted:
+    """Processes stand-in whose 'mean' adds 1: shows where it is applied."""
+
+    @staticmethod
+    def mean(*values):
+        return tuple(value + 1 for value in values)
+
+
+def test_train_py_steps_are_the_learners_with_losses_averaged(faces):
+    """train.py trains with dcgan.train_epoch; its step is the learner's
+    train_step, the losses averaged over the processes (procs.mean)."""
     config = config_of()
     results = []
-    for loop in ('dcgan', 'train'):
+    for step in (None, train.averaged_step(Shifted())):
         torch.manual_seed(0)
         loader = dcgan.get_dataloader(32, 16, faces)
         D, G = dcgan.build_networks(8, 8, 16, 'cpu')
         d_opt, g_opt = dcgan.build_optimizers(D, G, 1e-3, (0.5, 0.999))
-        if loop == 'dcgan':
-            losses = dcgan.train_epoch(D, G, d_opt, g_opt, loader, config,
-                                       'cpu')
-        else:
-            losses = train.train_epoch(D, G, d_opt, g_opt, loader, config,
-                                       train.Processes())
+        losses = dcgan.train_epoch(D, G, d_opt, g_opt, loader, config, 'cpu',
+                                   step=step)
         results.append((losses, G.state_dict(), D.state_dict()))
-    (losses, *states), (losses_here, *states_here) = results
-    assert losses == losses_here
+    ((d_losses, g_losses), *states), (losses_here, *states_here) = results
+    assert losses_here == ([loss + 1 for loss in d_losses],
+                           [loss + 1 for loss in g_losses])
     for state, state_here in zip(states, states_here):
         for name, value in state.items():
             assert torch.equal(state_here[name], value), name
@@ -232,12 +237,17 @@ def test_run_folder_log_and_generator(faces, tmp_path):
     assert figures['wall_seconds'] >= figures['train_seconds']
     assert figures['score'] == {key: round(value, 2) for key, value
                                 in score.items()}
-    assert '| 16×16, conv_dim 8 |' in report.runs_table([figures])
+    assert (f"| 16×16, conv_dim 8, seed {figures['config']['seed']}, "
+            f"average of G |") in report.runs_table([figures])
     # Batch norm re-estimated for the final weights; the checkpoint keeps
     # the statistics training left.
     trained = state['G']
     name = 'upsample.0.running_mean'
     assert not torch.equal(G.state_dict()[name], trained[name])
+    # The published weights are the average of G's, not G's last ones.
+    average = state['G_average']['module.project.weight']
+    assert torch.equal(G.state_dict()['project.weight'], average)
+    assert not torch.equal(average, trained['project.weight'])
 
 
 def test_rerun_goes_on_and_changed_settings_are_refused(faces, tmp_path,
@@ -284,6 +294,7 @@ def test_stale_log_lines_go_with_their_checkpoint(faces, tmp_path):
     (['--image-size', '48'], r'image_size must be a power of two'),
     (['--batch-size', '0'], r'batch_size must be a whole number'),
     (['--lr', '2'], r'lr must be between 0 and 1'),
+    (['--ema-decay', '1'], r'ema_decay must be None .* between 0 and 1'),
 ])
 def test_impossible_settings_are_named(args, message):
     with pytest.raises(ValueError, match=message):
@@ -303,6 +314,12 @@ def test_batch_must_split_evenly_across_processes():
         train.local_batch_size(100, 3)
     with pytest.raises(ValueError, match=r'multiple of 4, e\.g\. 4\.'):
         train.local_batch_size(2, 4)
+
+
+def test_the_weight_average_can_be_changed_or_left_out():
+    assert config_of()['ema_decay'] == train.NOTEBOOK['ema_decay']
+    assert config_of('--ema-decay', '0.99')['ema_decay'] == 0.99
+    assert config_of('--no-ema')['ema_decay'] is None
 
 
 def test_sync_bn_is_a_setting_of_the_run():

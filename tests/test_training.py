@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 import dcgan
 import helpers
+from facegen.run import plain_batch_norm
 
 CONFIG = dict(
     batch_size=8,
@@ -30,6 +31,7 @@ CONFIG = dict(
     quick=True,
 )
 DECAY = {**CONFIG, 'lr_decay': True}
+EMA = {**DECAY, 'ema_decay': 0.9}
 
 
 def make_run(seed, config=CONFIG, n_images=32):
@@ -62,11 +64,11 @@ def make_run(seed, config=CONFIG, n_images=32):
 
 def train(run_dir, seed=0, config=CONFIG, score=None, **kwargs):
     D, G, d_opt, g_opt, loader, fixed_z = make_run(seed, config, **kwargs)
-    losses, samples, scores = dcgan.train(
+    losses, samples, scores, kept = dcgan.train(
         D, G, d_opt, g_opt, loader, fixed_z, config, run_dir, score=score
     )
     assert len(scores) == (len(samples) if score is not None else 0)
-    return losses, samples, G
+    return losses, samples, G, kept
 
 
 def mean_weight(G):
@@ -76,12 +78,12 @@ def mean_weight(G):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    full_losses, full_samples, full_G = train(tmp_path / 'a')
+    full_losses, full_samples, full_G, _ = train(tmp_path / 'a')
 
     train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2})
     # A new process would rebuild everything from other random numbers:
     # resuming must not care.
-    losses, samples, G = train(tmp_path / 'b', seed=99)
+    losses, samples, G, _ = train(tmp_path / 'b', seed=99)
 
     assert losses == full_losses
     assert len(samples) == len(full_samples) == 3
@@ -121,15 +123,87 @@ def test_learning_rates_fall_linearly_to_zero(tmp_path):
 
 
 def test_decaying_run_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
-    full_losses, _, full_G = train(tmp_path / 'a', config=DECAY)
+    full_losses, _, full_G, _ = train(tmp_path / 'a', config=DECAY)
     real_step = interrupt_in_epoch(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / 'b', config=DECAY)
     monkeypatch.setattr(dcgan, 'train_step', real_step)
-    losses, _, G = train(tmp_path / 'b', seed=99, config=DECAY)
+    losses, _, G, _ = train(tmp_path / 'b', seed=99, config=DECAY)
     assert losses == full_losses
     for name, value in full_G.state_dict().items():
         assert torch.equal(G.state_dict()[name], value), name
+
+
+def assert_same_weights(a, b):
+    for name, value in a.state_dict().items():
+        assert torch.equal(b.state_dict()[name], value), name
+
+
+def test_the_weight_average_does_not_change_training(tmp_path):
+    losses, _, G, _ = train(tmp_path / 'plain', config=DECAY)
+    ema_losses, _, ema_G, kept = train(tmp_path / 'ema', config=EMA)
+    assert ema_losses == losses
+    assert_same_weights(G, ema_G)
+    weight = kept.upsample[-2].weight  # the kept generator is the average
+    assert not torch.equal(weight, ema_G.upsample[-2].weight)
+
+
+def test_kept_generator_is_the_average_with_fresh_batch_norm(tmp_path):
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(0, EMA)
+    run = helpers.TrainingRun(tmp_path, EMA, D, G, d_opt, g_opt, loader,
+                              fixed_z)
+    for _ in range(3):
+        G.upsample[-2].weight.data += 1.0
+        run.average.update_parameters(G)  # as run.after_step does
+    before = {name: value.clone() for name, value in G.state_dict().items()}
+    kept = run.kept_generator()
+    # The first update copies G; the next two keep min(0.9, (1 + n) / (10 + n))
+    # of the average: 2/11, then 3/12. So the average lags G's last weight
+    # (it rose by 1 per step) by 3/12 * (1 + 2/11).
+    lag = 3 / 12 * (1 + 2 / 11)
+    expected = G.upsample[-2].weight - lag
+    assert torch.allclose(kept.upsample[-2].weight, expected, atol=1e-6)
+    assert not kept.training
+    for name, value in G.state_dict().items():  # G is left as it was
+        assert torch.equal(before[name], value), name
+    bn = kept.upsample[0]  # statistics measured, not G's initial ones
+    assert not torch.equal(bn.running_mean, G.upsample[0].running_mean)
+
+
+def test_kept_generator_without_average_is_a_copy_of_G(tmp_path):
+    D, G, d_opt, g_opt, loader, fixed_z = make_run(0, DECAY)
+    run = helpers.TrainingRun(tmp_path, DECAY, D, G, d_opt, g_opt, loader,
+                              fixed_z)
+    kept = run.kept_generator()
+    assert kept is not G and run.average is None
+    assert torch.equal(kept.upsample[-2].weight, G.upsample[-2].weight)
+
+
+def test_ema_run_resumes_exactly_after_an_interrupt(tmp_path, monkeypatch):
+    full_losses, full_samples, full_G, full_kept = train(tmp_path / 'a',
+                                                         config=EMA)
+    real_step = interrupt_in_epoch(3, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / 'b', config=EMA)
+    monkeypatch.setattr(dcgan, 'train_step', real_step)
+    losses, samples, G, kept = train(tmp_path / 'b', seed=99, config=EMA)
+    assert losses == full_losses
+    assert all(torch.equal(a, b) for a, b in zip(samples, full_samples))
+    assert_same_weights(full_G, G)
+    assert_same_weights(full_kept, kept)
+    state = helpers.load_checkpoint(tmp_path / 'b' / 'checkpoint.pt')
+    assert state['G_average']['n_averaged'] == 3 * 4  # one per step
+
+
+def test_sync_batch_norm_is_made_plain_for_the_kept_generator():
+    G = dcgan.Generator(4, 4, 8)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    synced.upsample[0].running_mean += 2.0
+    plain = plain_batch_norm(synced)
+    layers = list(plain.modules())
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in layers)
+    assert (plain.upsample[0].running_mean == 2.0).all()  # statistics kept
+    plain.train()(torch.randn(2, 4))  # runs in one process, on a CPU
 
 
 def test_decaying_run_refuses_another_length(tmp_path):
@@ -184,18 +258,18 @@ def test_scores_are_kept_per_epoch_and_resumed(tmp_path, capsys):
     scores.clear()
     train(tmp_path / 'b', config={**CONFIG, 'n_epochs': 2}, score=score)
     D, G, d_opt, g_opt, loader, fixed_z = make_run(99)
-    *_, resumed = dcgan.train(
+    _, _, resumed, _ = dcgan.train(
         D, G, d_opt, g_opt, loader, fixed_z, CONFIG, tmp_path / 'b', score=score
     )
     assert resumed == full
 
 
 def test_finished_run_is_loaded_not_trained_again(tmp_path, monkeypatch):
-    losses, samples, _ = train(tmp_path)
+    losses, samples, *_ = train(tmp_path)
     monkeypatch.setattr(
         dcgan, 'train_step', lambda *a, **k: pytest.fail('trained again')
     )
-    again, samples_again, _ = train(tmp_path, seed=5)
+    again, samples_again, *_ = train(tmp_path, seed=5)
     assert again == losses and len(samples_again) == 3
 
 
@@ -223,7 +297,7 @@ def test_interrupt_keeps_the_last_checkpoint_and_says_so(
     assert state['epoch'] == 1 and len(state['losses']['D']) == 4
 
     monkeypatch.setattr(dcgan, 'train_step', real_step)
-    losses, samples, _ = train(tmp_path)
+    losses, samples, *_ = train(tmp_path)
     assert len(losses['D']) == 12 and len(samples) == 3
 
 
@@ -276,6 +350,10 @@ def test_batch_larger_than_the_data_is_refused_before_training(tmp_path):
         ('beta2', -0.1),
         ('smooth', 1),
         ('lr_decay', 'yes'),
+        ('ema_decay', 0),
+        ('ema_decay', 1.0),
+        ('ema_decay', True),
+        ('ema_decay', '0.999'),
     ],
 )
 def test_impossible_settings_are_named(name, value):
@@ -323,8 +401,24 @@ def test_progress_bar_shows_the_losses_every_print_every_batches(
     print_every, shown, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(dcgan, 'tqdm', RecordingBar)
+    monkeypatch.setattr(helpers, 'live_progress', lambda: True)
     RecordingBar.shown = []
     train(
         tmp_path, config={**CONFIG, 'n_epochs': 1, 'print_every': print_every}
     )
     assert RecordingBar.shown == shown  # 4 batches, starting with the first
+
+
+def test_without_a_live_bar_the_losses_are_printed_as_lines(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(dcgan, 'tqdm', RecordingBar)
+    monkeypatch.setattr(helpers, 'live_progress', lambda: False)
+    RecordingBar.shown = []
+    train(tmp_path, config={**CONFIG, 'n_epochs': 1, 'print_every': 2})
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if ', batch ' in line]
+    assert RecordingBar.shown == []
+    assert [line.split(':')[0] for line in lines] == [
+        'epoch 1/1, batch 1/4', 'epoch 1/1, batch 3/4']
+    assert 'D loss' in lines[0] and 'G loss' in lines[0]
