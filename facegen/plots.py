@@ -117,6 +117,12 @@ def save_image_grid(images, path, nrow=8, value_range=(-1, 1)):
     return path
 
 
+def evenly_spaced(n, most):
+    """Indices of at most `most` of n items, evenly spaced, the first and the
+    last always among them: all n when n <= most."""
+    return np.unique(np.linspace(0, n - 1, min(most, n)).round().astype(int))
+
+
 def samples_over_epochs(samples, path=None, max_rows=8, first_epoch=1):
     """One row of generated images per epoch; samples[i] (N, 3, H, W) in
     [-1, 1] is from epoch first_epoch + i. With more epochs than max_rows,
@@ -125,11 +131,7 @@ def samples_over_epochs(samples, path=None, max_rows=8, first_epoch=1):
         raise ValueError(
             'samples is empty: pass one batch of generated images per epoch.'
         )
-    rows = np.unique(
-        np.linspace(0, len(samples) - 1, min(max_rows, len(samples)))
-        .round()
-        .astype(int)
-    )
+    rows = evenly_spaced(len(samples), max_rows)
     fig, axes = plt.subplots(
         len(rows), 1, figsize=(8, 1.1 * len(rows)), squeeze=False
     )
@@ -149,6 +151,9 @@ def samples_over_epochs(samples, path=None, max_rows=8, first_epoch=1):
 _GIF_SCALE = 3  # each 32x32 face is drawn 96 pixels wide
 _GIF_FRAME_MS = 400  # time per epoch in the animation ...
 _GIF_LAST_FRAME_MS = 2000  # ... and on the final faces before it starts again
+# Frames of the animation at most: 36 epochs would make a 2.7 MB GIF, and the
+# notebook and its HTML embed it.
+_GIF_MAX_FRAMES = 12
 _GIF_LABEL_PIXELS = 20  # height of the epoch label above each frame
 
 
@@ -162,16 +167,19 @@ def _labelled(frame, label):
     return out
 
 
-def save_samples_gif(samples, path, nrow=8):
-    """An animated GIF of the fixed-z samples, one frame per epoch, each
-    labelled with its epoch: samples[i] is the (N, 3, H, W) batch in
-    [-1, 1] of epoch i + 1. The last frame is held longer."""
+def save_samples_gif(samples, path, nrow=8, max_frames=_GIF_MAX_FRAMES):
+    """An animated GIF of the fixed-z samples, one frame per epoch (with
+    more epochs than max_frames, evenly spaced ones, the first and last
+    among them), each labelled with its epoch: samples[i] is the
+    (N, 3, H, W) batch in [-1, 1] of epoch i + 1. The last frame is held
+    longer."""
     if len(samples) == 0:
         raise ValueError(
             'samples is empty: pass one batch of generated images per epoch.'
         )
     frames = []
-    for epoch, batch in enumerate(samples, start=1):
+    for index in evenly_spaced(len(samples), max_frames):
+        epoch, batch = index + 1, samples[index]
         pixels = _grid_pixels(batch, nrow, (-1, 1))  # (H, W, 3) in [0, 1]
         frame = Image.fromarray((pixels * 255).round().astype(np.uint8))
         frame = frame.resize(

@@ -732,6 +732,24 @@ def test_load_checkpoint_explains_pickled_objects(tmp_path):
         helpers.load_checkpoint(path)
 
 
+def test_long_runs_animate_evenly_spaced_epochs_first_to_last(tmp_path):
+    """30 epochs, at most 12 frames: epochs 1 to 30 evenly spaced, so the
+    animation still starts from the first faces and ends on the final
+    ones."""
+    samples = [torch.full((4, 3, 8, 8), -1.0 + 2 * epoch / 29)
+               for epoch in range(30)]  # black at epoch 1 ... white at 30
+    path = helpers.save_samples_gif(samples, tmp_path / 'a.gif', nrow=4,
+                                    max_frames=12)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 12
+        medians = []
+        for index in (0, 11):
+            gif.seek(index)
+            faces = np.asarray(gif.convert('L'))[40:]  # below the label
+            medians.append(np.median(faces))
+    assert medians[0] < 20 and medians[1] > 235
+
+
 def test_samples_gif_has_one_labelled_frame_per_epoch(tmp_path):
     samples = [torch.full((4, 3, 8, 8), -1.0 + epoch) for epoch in range(3)]
     path = helpers.save_samples_gif(samples, tmp_path / 'a.gif', nrow=4)
