@@ -46,7 +46,8 @@ from facegen.faces import (HELD_OUT_SIZE, is_training_file, load_faces,
                            metrics_cache_dir)
 from facegen.fetch import prepare_data
 from facegen.metrics import append_jsonl
-from facegen.run import kept_generator, linear_decay, weight_average
+from facegen.run import (after_every_step, kept_generator, linear_decay,
+                         weight_average)
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
                              seed_everything)
 from facegen.score import epoch_scorer, real_floor
@@ -79,11 +80,10 @@ def train_recipe(name, seed, data, args, device, log):
     d_opt, g_opt = dcgan.build_optimizers(
         D, G, settings['lr'], (settings['beta1'], settings['beta2']))
     total = settings['n_epochs'] * len(loader)
-    after_step = ([linear_decay(opt, total).step for opt in (d_opt, g_opt)]
+    schedulers = ([linear_decay(opt, total) for opt in (d_opt, g_opt)]
                   if settings['lr_decay'] else [])
     average = weight_average(G, settings['ema_decay'])
-    if average is not None:
-        after_step.append(lambda: average.update_parameters(G))
+    after_step = after_every_step(schedulers, G, average)
     run = {'recipe': name, 'seed': seed,
            'precision': 'fp32' if amp_dtype is None else 'bf16 autocast',
            'epochs': []}

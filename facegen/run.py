@@ -39,20 +39,17 @@ def linear_decay(optimizer, total_steps):
 
 # The average's decay after n updates is min(ema_decay, (1 + n) / (10 + n)):
 # it remembers only the last few steps at first, when the weights still
-# change fast, and reaches ema_decay after about 10 / (1 - ema_decay) steps.
+# change fast, and reaches ema_decay after about 9 / (1 - ema_decay) steps.
 EMA_WARMUP = 10
 
 
 def ema_update(decay):
     """AveragedModel's multi_avg_fn for an exponential moving average of the
     weights with a warming-up decay (EMA_WARMUP)."""
-    def update(averages, weights, n_averaged):
+    def update(averages, weights, n_averaged):  # parameters only: floats
         n = float(n_averaged)  # updates before this one
         keep = min(decay, (1 + n) / (EMA_WARMUP + n))
-        if torch.is_floating_point(averages[0]):
-            torch._foreach_lerp_(averages, weights, 1 - keep)
-        else:  # integer buffers, e.g. batch norm's count: the latest one
-            torch._foreach_copy_(averages, weights)
+        torch._foreach_lerp_(averages, weights, 1 - keep)
     return update
 
 
@@ -64,6 +61,16 @@ def weight_average(G, decay):
     if decay is None:
         return None
     return AveragedModel(G, multi_avg_fn=ema_update(decay))
+
+
+def after_every_step(schedulers, G, average):
+    """What runs after every training step, in order: each learning-rate
+    scheduler's step, then the update of the weight average from G (when
+    there is one)."""
+    steps = [scheduler.step for scheduler in schedulers]
+    if average is not None:
+        steps.append(lambda: average.update_parameters(G))
+    return steps
 
 
 def plain_batch_norm(net):
@@ -195,9 +202,8 @@ class TrainingRun:
         self.average = weight_average(G, config.get('ema_decay'))
         if self.average is not None:
             self.nets['G_average'] = self.average
-        self.after_step = [scheduler.step for scheduler in schedulers.values()]
-        if self.average is not None:
-            self.after_step.append(lambda: self.average.update_parameters(G))
+        self.after_step = after_every_step(schedulers.values(), G,
+                                           self.average)
         self.stateful = {**optimizers, **schedulers}  # saved with weights
         self.losses, self.samples, self.scores = {'D': [], 'G': []}, [], []
         self.seconds = []  # training time of each epoch, scoring left out
