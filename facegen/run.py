@@ -47,9 +47,11 @@ def ema_update(decay):
     """AveragedModel's multi_avg_fn for an exponential moving average of the
     weights with a warming-up decay (EMA_WARMUP)."""
     def update(averages, weights, n_averaged):  # parameters only: floats
-        n = float(n_averaged)  # updates before this one
-        keep = min(decay, (1 + n) / (EMA_WARMUP + n))
-        torch._foreach_lerp_(averages, weights, 1 - keep)
+        # n_averaged (updates before this one) stays a tensor on the
+        # weights' device: reading it here would make a GPU wait every step.
+        n = n_averaged
+        keep = ((1 + n) / (EMA_WARMUP + n)).clamp(max=decay)  # () tensor
+        torch._foreach_lerp_(averages, weights, [1 - keep] * len(averages))
     return update
 
 
@@ -208,6 +210,7 @@ class TrainingRun:
         self.losses, self.samples, self.scores = {'D': [], 'G': []}, [], []
         self.seconds = []  # training time of each epoch, scoring left out
         self.done, self.fixed_z = 0, fixed_z
+        self._kept = None  # the kept generator, while no step has changed G
         state = resume_training(self.checkpoint, config, self.nets,
                                 self.stateful, self.hints['other_dir'])
         if state is not None:  # the fixed noise stays the same across runs
@@ -233,6 +236,7 @@ class TrainingRun:
         last_good = (f'{self.checkpoint} holds epoch {epoch - 1}'
                      if epoch > 1 else
                      'no epoch has finished, so there is no checkpoint')
+        self._kept = None  # G is about to change
         start = time.perf_counter()
         try:
             yield
@@ -246,9 +250,13 @@ class TrainingRun:
         self.seconds.append(time.perf_counter() - start)
 
     def kept_generator(self):
-        """The generator as it stands now that the run keeps: see
-        kept_generator (the function)."""
-        return kept_generator(self.G, self.average, self.config['z_size'])
+        """The generator the run keeps, as G stands now (see kept_generator,
+        the function): after an epoch, the very one that end_epoch scored
+        and drew, batch-norm statistics and all, not a second estimate."""
+        if self._kept is None:
+            self._kept = kept_generator(self.G, self.average,
+                                        self.config['z_size'])
+        return self._kept
 
     def end_epoch(self, epoch, d_losses, g_losses, score=None):
         """Keep the epoch's losses, score the kept generator (when score is

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 import dcgan
 import helpers
-from facegen.run import plain_batch_norm
+from facegen.run import ema_update, plain_batch_norm
 
 CONFIG = dict(
     batch_size=8,
@@ -156,6 +156,29 @@ def test_kept_generator_is_the_average_with_fresh_batch_norm(tmp_path):
         assert torch.equal(before[name], value), name
     bn = kept.upsample[0]  # statistics measured, not G's initial ones
     assert not torch.equal(bn.running_mean, G.upsample[0].running_mean)
+
+
+def test_the_average_never_reads_its_count_on_the_host():
+    # On a GPU, reading the update count each step would stall the step; on
+    # the meta device (no values at all) any such read raises.
+    averages = [torch.zeros(3, 2, device='meta')]
+    weights = [torch.ones(3, 2, device='meta')]
+    ema_update(0.999)(averages, weights, torch.tensor(2, device='meta'))
+    on_cpu = [torch.zeros(3, 2)]
+    ema_update(0.999)(on_cpu, [torch.ones(3, 2)], torch.tensor(2))
+    assert torch.allclose(on_cpu[0], torch.full((3, 2), 1 - 3 / 12))
+
+
+def test_the_generator_returned_is_the_one_scored_last(tmp_path):
+    scored = []
+
+    def score(G):
+        scored.append(G)
+        return 0.0
+
+    _, samples, _, kept = train(tmp_path, config=EMA, score=score)
+    assert kept is scored[-1]  # not a second batch-norm estimate
+    assert len({id(G) for G in scored}) == 3  # a fresh one every epoch
 
 
 def test_kept_generator_without_average_is_a_copy_of_G(tmp_path):
