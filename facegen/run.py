@@ -46,10 +46,9 @@ EMA_WARMUP = 10
 def ema_update(decay):
     """AveragedModel's multi_avg_fn for an exponential moving average of the
     weights with a warming-up decay (EMA_WARMUP)."""
-    def update(averages, weights, n_averaged):  # parameters only: floats
-        # n_averaged (updates before this one) stays a tensor on the
-        # weights' device: reading it here would make a GPU wait every step.
-        n = n_averaged
+    def update(averages, weights, n):  # parameters only: floats
+        # n, the updates before this one, is a () tensor on the weights'
+        # device; it stays one: reading it here would make a GPU wait.
         keep = ((1 + n) / (EMA_WARMUP + n)).clamp(max=decay)  # () tensor
         torch._foreach_lerp_(averages, weights, [1 - keep] * len(averages))
     return update
@@ -250,9 +249,9 @@ class TrainingRun:
         self.seconds.append(time.perf_counter() - start)
 
     def kept_generator(self):
-        """The generator the run keeps, as G stands now (see kept_generator,
-        the function): after an epoch, the very one that end_epoch scored
-        and drew, batch-norm statistics and all, not a second estimate."""
+        """The generator the run keeps (see kept_generator, the function),
+        built once per epoch: after an epoch, the very one that end_epoch
+        scored and drew, batch-norm statistics and all."""
         if self._kept is None:
             self._kept = kept_generator(self.G, self.average,
                                         self.config['z_size'])

@@ -176,7 +176,7 @@ def test_the_generator_returned_is_the_one_scored_last(tmp_path):
         scored.append(G)
         return 0.0
 
-    _, samples, _, kept = train(tmp_path, config=EMA, score=score)
+    _, _, _, kept = train(tmp_path, config=EMA, score=score)
     assert kept is scored[-1]  # not a second batch-norm estimate
     assert len({id(G) for G in scored}) == 3  # a fresh one every epoch
 
