@@ -62,8 +62,8 @@ from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
 
 # The notebook's parameters cell where it departs from or adds to COURSE,
 # and what FACEGEN_QUICK=1 changes there (a test checks they agree).
-NOTEBOOK = dict(lr_decay=True, ema_decay=0.999, n_epochs=36, n_images=None,
-                sample_size=16, n_score=HELD_OUT_SIZE, seed=42,
+NOTEBOOK = dict(lr=0.0004, lr_decay=True, ema_decay=0.999, n_epochs=36,
+                n_images=None, sample_size=16, n_score=HELD_OUT_SIZE, seed=42,
                 precision='auto', print_every=50)
 QUICK = dict(n_epochs=2, n_images=512, n_score=256)
 MIN_IMAGE_SIZE = 16  # the score's image pyramid ends at 16x16
@@ -111,7 +111,8 @@ def parse_args(argv=None):
     add('--n-images', type=int, metavar='N', default=default['n_images'],
         help='train on the first N training faces only (default: all)')
     add('--lr', type=float, metavar='X', default=default['lr'],
-        help='Adam learning rate of both networks (default %(default)s)')
+        help='Adam learning rate of both networks at the first step '
+             '(default %(default)s; it falls to 0 unless --no-lr-decay)')
     add('--beta1', type=float, metavar='X', default=default['beta1'],
         help='Adam beta1 (default %(default)s)')
     add('--beta2', type=float, metavar='X', default=default['beta2'],

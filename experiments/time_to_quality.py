@@ -14,10 +14,10 @@ as training time):
   speed-ups below are, if anything, understated.
 * default: the notebook's parameters cell (train.NOTEBOOK): faces decoded
   once (dcgan.get_dataloader), the precision choose_precision picks,
-  learning rates falling to 0 over its epochs, and the average of G's
-  weights as the generator kept and scored (facegen.run.kept_generator).
-  The course's G is scored as its student copies left it, batch-norm
-  statistics and all.
+  learning rates falling from its lr (twice the course's) to 0 over its
+  epochs, and the average of G's weights as the generator kept and scored
+  (facegen.run.kept_generator). The course's G is scored as its student
+  copies left it, batch-norm statistics and all.
 
 Both go through the notebook's own epoch (dcgan.train_epoch). For each seed
 the script finds the course's best score and when it got there, and when

@@ -30,6 +30,16 @@ COMPARED = ('D', 'G', 'opt_D', 'opt_G', 'lr_D', 'lr_G', 'losses', 'samples',
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
+@pytest.fixture(scope='module', autouse=True)
+def no_gpu():
+    """train.py on the CPU too, where a GPU is present: the runs compared
+    below must match to the last bit, and notebook_run trains on the CPU
+    (GPU kernels are not bit-for-bit repeatable by default anyway)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, 'is_available', lambda: False)
+        yield
+
+
 @pytest.fixture(scope='module')
 def faces(tmp_path_factory):
     """300 small faces laid out like the course data (270 train, 30 held
