@@ -54,7 +54,7 @@ from facegen.plots import save_image_grid
 from facegen.report import run_figures, write_figures
 from facegen.run import TrainingRun, save_generator
 from facegen.runtime import (PRECISIONS, choose_device, choose_precision,
-                             cpu_type, seed_everything)
+                             cpu_type, keep_freed_memory, seed_everything)
 from facegen.score import describe as describe_score
 from facegen.score import epoch_scorer, full_report, real_floor
 from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
@@ -515,6 +515,7 @@ def train(args, config, procs):
             'batch.')
     seed_everything(config['seed'])  # the same start on every process
     describe(procs, config)
+    keep_freed_memory()  # a step reuses the last one's memory: no page faults
     amp_dtype = procs.agree(choose_precision(procs.device,
                                              config['precision']))
     loader, held_out, data_dir = load_data(args, config, procs)

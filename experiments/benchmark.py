@@ -2,16 +2,20 @@
 paths.
 
 Every row trains the same course model (facegen.settings.COURSE: conv_dim
-32, z 100) with the same batch size for the same number of steps, in this
-one process, so the rows can be compared as ratios. The rows take turns
-(short rounds in rotation), so that a shared CPU's drift over a run lands on
-every row alike; each speed-up is the median of the per-round ratios:
+32, z 100) with the same batch size for the same number of steps, so the
+rows can be compared as ratios. Each row runs in a process of its own, so
+that a process-wide setting (the memory allocator's) and the peak memory
+are that row's alone. The rows take turns (short rounds in rotation, one
+process working at a time), so that a shared CPU's drift over a run lands
+on every row alike; each speed-up is the median of the per-round ratios:
 
 * the course recipe as the student projects wrote it: ImageFolder + Resize +
-  ToTensor through a DataLoader (num_workers 0, then 2), fp32;
-* this project's path: faces decoded once into memory
-  (facegen.faces.load_faces), then fp32, channels_last, and the precision
-  facegen.runtime.choose_precision picks for this machine.
+  ToTensor through a DataLoader (num_workers 0, then 2), fp32, the C
+  library's allocator as it comes;
+* this project's path, one change per row: faces decoded once into memory
+  (facegen.faces.load_faces), then channels_last, then freed memory kept
+  for reuse (facegen.runtime.keep_freed_memory, glibc only), then the
+  precision facegen.runtime.choose_precision picks for this machine.
 
 Run from the project root (see experiments/README.md):
 
@@ -20,12 +24,17 @@ Run from the project root (see experiments/README.md):
     python -m experiments.benchmark --quick  # a few steps: does it run (CI)
 """
 import argparse
+import contextlib
+import multiprocessing
+import os
 import platform
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +47,8 @@ import dcgan
 from experiments import reporting
 from facegen.faces import load_faces
 from facegen.fetch import is_image_name, prepare_data
-from facegen.runtime import choose_device, choose_precision, cpu_type
+from facegen.runtime import (can_keep_freed_memory, choose_device,
+                             choose_precision, cpu_type, keep_freed_memory)
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
 
 FULL_EPOCH_IMAGES = 32_600  # the course data set
@@ -78,6 +88,104 @@ def course_loader(data_dir, batch_size, image_size, num_workers,
         dataset = Subset(dataset, range(n_images))
     return DataLoader(dataset, batch_size=batch_size, shuffle=True,
                       drop_last=True, num_workers=num_workers)
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one row trains: which loader (the course's 'image_folder', or
+    'decoded' once), its worker processes, the autocast dtype (None: fp32),
+    the memory layout and whether freed memory is kept for reuse."""
+    loader: str
+    workers: int = 0
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    keep_memory: bool = False
+
+
+def row_loader(row, args, data_dir, n_images):
+    """The DataLoader that row reads its batches from."""
+    if row.loader == 'image_folder':
+        return course_loader(image_folder_root(data_dir), args.batch_size,
+                             args.image_size, row.workers)
+    return dcgan.get_dataloader(args.batch_size, args.image_size, data_dir,
+                                n_images)
+
+
+def serve_row(conn, row, args, data_dir, n_images, device):
+    """A row's own process: set the row up (allocator, loader, a warmed-up
+    model), then time segments of steps as asked on conn: n_steps per
+    request, None to stop. Answers ('ready', None), ('timed', (images/s,
+    peak resident MB)) or ('error', traceback text)."""
+    try:
+        with open(os.devnull, 'w') as quiet, \
+                contextlib.redirect_stdout(quiet):  # the parent reports
+            if row.keep_memory:
+                keep_freed_memory()
+            loader = row_loader(row, args, data_dir, n_images)
+            step = make_stepper(loader, args, device, row.amp_dtype,
+                                row.channels_last)
+        conn.send(('ready', None))
+        while (n_steps := conn.recv()) is not None:
+            conn.send(('timed', time_segment(step, n_steps, args.batch_size,
+                                             device)))
+    except Exception:
+        conn.send(('error', traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class RowProcess:
+    """A row running in a process of its own (see serve_row); calling it
+    with n_steps times that many steps there and returns (images/s, peak
+    resident MB of that process)."""
+
+    def __init__(self, name, row, args, data_dir, n_images, device):
+        self.name = name
+        context = multiprocessing.get_context('spawn')
+        self.conn, child_conn = context.Pipe()
+        # Not a daemon: the course row's DataLoader starts processes too.
+        self.process = context.Process(
+            target=serve_row,
+            args=(child_conn, row, args, data_dir, n_images, device))
+        self.process.start()
+        child_conn.close()
+        try:
+            self._answer()  # set up and warmed up
+        except RuntimeError:
+            self.close()
+            raise
+
+    def __call__(self, n_steps):
+        self.conn.send(n_steps)
+        return self._answer()
+
+    def _answer(self):
+        try:
+            kind, value = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(
+                f'The process of benchmark row {self.name!r} ended without '
+                f'an answer (exit code {self.process.exitcode}); if it was '
+                f'killed for memory, run with a smaller --batch-size.'
+            ) from None
+        if kind == 'error':
+            raise RuntimeError(
+                f'Benchmark row {self.name!r} failed in its process:\n'
+                f'{value}')
+        return value
+
+    def close(self):
+        """Stop the row's process (it finishes its current answer first);
+        closing again does nothing."""
+        if self.conn.closed:
+            return
+        with contextlib.suppress(OSError):  # the process may be gone
+            self.conn.send(None)
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()
+        self.conn.close()
 
 
 def build_models(args, device, channels_last):
@@ -142,9 +250,10 @@ def round_speedups(rates, course_rates):
             for rate, course in zip(rates, course_rates, strict=True)]
 
 
-def time_interleaved(steppers, args, device):
+def time_interleaved(segments, args):
     """Per row, the images/s of each round and the peak resident MB over all
-    rounds.
+    rounds; segments maps each row's name to a function that times n steps
+    of it (a RowProcess), returning (images/s, peak resident MB).
 
     A shared cloud CPU drifts by tens of percent over seconds, so timing the
     rows one after another would fold that drift into their ratios. Here
@@ -152,14 +261,13 @@ def time_interleaved(steppers, args, device):
     that each round's ratios compare rows measured under the same
     conditions.
     """
-    names = list(steppers)
+    names = list(segments)
     per_round = args.steps // args.rounds
     rates, peaks = {name: [] for name in names}, dict.fromkeys(names, 0.0)
     for round_ in tqdm(range(args.rounds), desc='benchmark rounds'):
         first = round_ % len(names)
         for name in names[first:] + names[:first]:
-            img_per_s, peak = time_segment(steppers[name], per_round,
-                                           args.batch_size, device)
+            img_per_s, peak = segments[name](per_round)
             rates[name].append(img_per_s)
             peaks[name] = max(peaks[name], peak)
     return rates, peaks
@@ -273,35 +381,45 @@ def parse_args(argv=None):
     return args
 
 
+def rows_for(amp_dtype):
+    """name: Row for every row timed in rotation, in order: the course
+    recipe, then the project's path one change at a time; the last row is
+    the default path."""
+    keep = can_keep_freed_memory()
+    rows = {
+        'course recipe, num_workers=0': Row('image_folder'),
+        'decoded once, fp32': Row('decoded'),
+        'decoded once, fp32, channels_last': Row('decoded',
+                                                 channels_last=True),
+    }
+    if keep:
+        rows['decoded once, fp32, channels_last, freed memory kept'] = Row(
+            'decoded', channels_last=True, keep_memory=True)
+    if amp_dtype is not None:
+        name = 'decoded once, bf16 autocast, channels_last'
+        rows[name + (', freed memory kept' if keep else '')] = Row(
+            'decoded', amp_dtype=amp_dtype, channels_last=True,
+            keep_memory=keep)
+    return rows
+
+
 def run(args):
     """Measure every row; returns the report as a plain dict."""
     device = choose_device()
     amp_dtype = choose_precision(device, args.precision)
     data_dir = prepare_data(args.data_dir)
-    image_root = image_folder_root(data_dir)  # fails before the long parts
+    image_folder_root(data_dir)  # fails before the long parts
     # Enough images for every timed step to see new data, at most all.
     n_images = (None if not args.quick
                 else (args.steps + args.warmup) * args.batch_size)
     cache_build_s, cache_load_s = time_cache(data_dir, args.image_size,
                                              n_images)
-    fast = dcgan.get_dataloader(args.batch_size, args.image_size, data_dir,
-                                n_images)
+    # Builds the cache that the rows' processes load.
+    decoded = dcgan.get_dataloader(args.batch_size, args.image_size,
+                                   data_dir, n_images)
     epoch_images = (FULL_EPOCH_IMAGES if not args.quick
-                    else len(fast.dataset))
-
-    course = {workers: course_loader(image_root, args.batch_size,
-                                     args.image_size, workers)
-              for workers in (0, 2)}
-    # name: (loader, autocast dtype, channels_last); the last row is the
-    # default path
-    rows = {
-        'course recipe, num_workers=0': (course[0], None, False),
-        'decoded once, fp32': (fast, None, False),
-        'decoded once, fp32, channels_last': (fast, None, True),
-    }
-    if amp_dtype is not None:
-        rows['decoded once, bf16 autocast, channels_last'] = (
-            fast, amp_dtype, True)
+                    else len(decoded.dataset))
+    rows = rows_for(amp_dtype)
     default_name = list(rows)[-1]
 
     flops = train_flops_per_image(args, device)
@@ -309,16 +427,21 @@ def run(args):
     if amp_dtype is not None:
         peaks[amp_dtype] = matmul_flops_per_s(device, amp_dtype)
 
-    # The worker processes of num_workers=2 decode ahead in the background,
-    # so that row gets one block of its own: interleaved, its decoding would
-    # run in others' turns.
-    workers_step = make_stepper(course[2], args, device, None, False)
-    workers_rate, workers_peak = time_segment(workers_step, args.steps,
-                                              args.batch_size, device)
-    del workers_step  # ends its worker processes before the other rows run
-    steppers = {name: make_stepper(loader, args, device, dtype, channels_last)
-                for name, (loader, dtype, channels_last) in rows.items()}
-    rates, peak_mb = time_interleaved(steppers, args, device)
+    with contextlib.ExitStack() as running:
+        def start(name, row):
+            process = RowProcess(name, row, args, data_dir, n_images, device)
+            running.callback(process.close)
+            return process
+
+        # The worker processes of num_workers=2 decode ahead in the
+        # background, so that row gets one block of its own: interleaved,
+        # its decoding would run in others' turns.
+        workers = start('course recipe, num_workers=2',
+                        Row('image_folder', workers=2))
+        workers_rate, workers_peak = workers(args.steps)
+        workers.close()  # ends its worker processes before the other rows
+        segments = {name: start(name, row) for name, row in rows.items()}
+        rates, peak_mb = time_interleaved(segments, args)
     course_rates = rates['course recipe, num_workers=0']
 
     def row(name, rates_, peak, dtype):
@@ -331,8 +454,8 @@ def run(args):
                 'flop_fraction': flops * img_per_s / peaks[dtype],
                 'peak_rss_mb': peak}
 
-    results = [row(name, rates[name], peak_mb[name], dtype)
-               for name, (_, dtype, _) in rows.items()]
+    results = [row(name, rates[name], peak_mb[name], spec.amp_dtype)
+               for name, spec in rows.items()]
     results.insert(1, row('course recipe, num_workers=2', [workers_rate],
                           workers_peak, None))
     default = next(row for row in results if row['default'])
@@ -378,8 +501,8 @@ def format_table(report):
         f"Training step: {report['train_mflop_per_image']:.0f} MFLOP per "
         f"image; matmul peak (GFLOP/s): {peaks}.",
         f"Decode cache: built in {report['cache_build_s']:.1f} s, loaded "
-        f"again in {report['cache_load_s']:.2f} s. Peak RSS: this process "
-        f"during the row (DataLoader workers not included)."]
+        f"again in {report['cache_load_s']:.2f} s. Peak RSS: the row's own "
+        f"process (DataLoader workers not included)."]
     return '\n'.join(lines)
 
 

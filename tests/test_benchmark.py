@@ -66,20 +66,22 @@ def test_interleaved_rounds_cancel_a_drifting_machine(monkeypatch):
     monkeypatch.setattr(benchmark.time, 'perf_counter', clock)
     monkeypatch.setattr(benchmark, 'peak_rss_mb', lambda: 100.0)
     log = []
-    steppers = {'course': clock.stepper(2.0, log, 'course'),
-                'fast': clock.stepper(1.0, log, 'fast')}  # twice as fast
+
+    def segment(cost, name):  # as a RowProcess times its row
+        step = clock.stepper(cost, log, name)
+
+        def timed(n_steps):
+            result = benchmark.time_segment(step, n_steps, 10,
+                                            torch.device('cpu'))
+            if len(log) % 6 == 0:  # after every round (2 rows x 3 steps) ...
+                clock.slowdown *= 1.5  # ... the machine gets slower
+            return result
+        return timed
+
+    segments = {'course': segment(2.0, 'course'),
+                'fast': segment(1.0, 'fast')}  # twice as fast
     args = SimpleNamespace(steps=12, rounds=4, batch_size=10)
-    real_time_segment = benchmark.time_segment
-
-    def segment_then_slow_down(step, n_steps, batch_size, device):
-        result = real_time_segment(step, n_steps, batch_size, device)
-        if len(log) % 6 == 0:  # after every round (2 rows x 3 steps) ...
-            clock.slowdown *= 1.5  # ... the machine gets slower
-        return result
-
-    monkeypatch.setattr(benchmark, 'time_segment', segment_then_slow_down)
-    rates, peaks = benchmark.time_interleaved(steppers, args,
-                                              torch.device('cpu'))
+    rates, peaks = benchmark.time_interleaved(segments, args)
 
     assert [len(r) for r in rates.values()] == [4, 4]  # every row and round
     assert log.count('course') == log.count('fast') == 12
@@ -108,17 +110,87 @@ def test_the_course_rows_need_the_faces_in_subfolders(tmp_path):
         benchmark.image_folder_root(tmp_path / 'flat')
 
 
-def test_readme_table_is_the_committed_benchmark():
-    """experiments/README.md's speed table is format_table of
-    assets/benchmark.json, row for row."""
-    here = Path(benchmark.__file__).resolve().parent  # experiments/
-    report = json.loads((here.parent / 'assets' / 'benchmark.json')
-                        .read_text())
-    readme = (here / 'README.md').read_text()
+ASSETS = Path(benchmark.__file__).resolve().parents[1] / 'assets'
+
+
+@pytest.mark.parametrize('figures', sorted(ASSETS.glob('benchmark*.json')),
+                         ids=lambda path: path.name)
+def test_readme_tables_are_the_committed_benchmarks(figures):
+    """experiments/README.md has a speed table for each committed benchmark
+    (one per CPU type: assets/benchmark*.json), each format_table of its
+    JSON row for row."""
+    report = json.loads(figures.read_text())
+    readme = (ASSETS.parent / 'experiments' / 'README.md').read_text()
     table = [line for line in benchmark.format_table(report).splitlines()
              if line.startswith('|')]
     assert len(table) == 2 + len(report['rows'])
-    for line in table:
+    for line in table[2:]:
         assert line in readme, (
             f'experiments/README.md speed table differs from '
-            f'benchmark.json: {line}')
+            f'{figures.name}: {line}')
+
+
+def test_both_cpu_types_are_committed():
+    assert {path.name for path in ASSETS.glob('benchmark*.json')} == {
+        'benchmark.json', 'benchmark_avx512.json'}
+
+
+@pytest.mark.parametrize('glibc', [True, False])
+def test_the_allocator_row_is_there_only_where_it_can_be(monkeypatch, glibc):
+    monkeypatch.setattr(benchmark, 'can_keep_freed_memory', lambda: glibc)
+    rows = benchmark.rows_for(torch.bfloat16)
+    names = list(rows)
+    assert names[0] == 'course recipe, num_workers=0'
+    assert not rows[names[0]].keep_memory  # the course's allocator as is
+    kept = [name for name in names if rows[name].keep_memory]
+    assert bool(kept) == glibc
+    assert all('freed memory kept' in name for name in kept)
+    assert rows[names[-1]].amp_dtype == torch.bfloat16  # the default path
+    assert rows[names[-1]].keep_memory == glibc
+
+
+class FakeConn:
+    """The child's end of a RowProcess pipe: asks for one segment of 2
+    steps, then says stop; keeps what the row answers."""
+
+    def __init__(self):
+        self.requests, self.sent, self.closed = [2, None], [], False
+
+    def recv(self):
+        return self.requests.pop(0)
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize('keep', [True, False])
+def test_a_row_sets_its_own_allocator_only(monkeypatch, keep):
+    calls, steps = [], []
+    monkeypatch.setattr(benchmark, 'keep_freed_memory',
+                        lambda: calls.append('kept'))
+    monkeypatch.setattr(benchmark, 'row_loader', lambda *args: 'loader')
+    monkeypatch.setattr(benchmark, 'make_stepper',
+                        lambda *args: lambda: steps.append(1))
+    conn = FakeConn()
+    args = SimpleNamespace(batch_size=4)
+    benchmark.serve_row(conn, benchmark.Row('decoded', keep_memory=keep),
+                        args, 'data', None, torch.device('cpu'))
+    assert calls == (['kept'] if keep else [])
+    assert steps == [1, 1] and conn.closed
+    assert conn.sent[0] == ('ready', None)
+    kind, (img_per_s, peak_mb) = conn.sent[1]
+    assert kind == 'timed' and img_per_s > 0 and peak_mb > 0
+
+
+def test_a_failing_row_reports_its_process_error(tmp_path):
+    """The row's error (here: faces not in a subfolder) reaches the parent
+    with its message, not as a hang or a bare exit code."""
+    write_jpegs(tmp_path / 'flat', 2)
+    args = SimpleNamespace(batch_size=2, image_size=32, warmup=1,
+                           conv_dim=8, z_size=4)
+    with pytest.raises(RuntimeError, match='subfolder'):
+        benchmark.RowProcess('course', benchmark.Row('image_folder'), args,
+                             tmp_path / 'flat', None, torch.device('cpu'))

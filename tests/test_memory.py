@@ -1,0 +1,76 @@
+"""facegen.runtime.keep_freed_memory: a training step stops paying page
+faults for memory it freed one step earlier, its numbers stay the same, and
+where the setting is not possible it says so and changes nothing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facegen import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Course-model training steps in a fresh process (malloc settings last for
+# the whole process): page faults per step and the losses, before and after
+# keep_freed_memory when the argument is 'keep'.
+STEPS = '''
+import json, resource, sys
+import torch
+import dcgan
+from facegen.runtime import keep_freed_memory
+from facegen.settings import COURSE
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+torch.manual_seed(0)
+D, G = dcgan.build_networks(COURSE['z_size'], COURSE['conv_dim'], 32, 'cpu')
+d_opt, g_opt = dcgan.build_optimizers(D, G, 2e-4, (0.5, 0.999))
+images = torch.rand(128, 3, 32, 32)  # (N, 3, S, S)
+report = {'losses': []}
+for phase in ('before', 'after'):
+    if phase == 'after' and sys.argv[1] == 'keep':
+        keep_freed_memory()
+    for step in range(25):
+        if step == 5:  # the first steps of a phase set the heap up
+            start = faults()
+        report['losses'].append(dcgan.train_step(
+            D, G, d_opt, g_opt, images, COURSE['z_size'], smooth=True))
+    report[phase] = (faults() - start) / 20
+print(json.dumps(report))
+'''
+
+
+def run_steps(mode):
+    result = subprocess.run(
+        [sys.executable, '-c', STEPS, mode], cwd=ROOT, capture_output=True,
+        text=True, timeout=300, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(runtime._glibc() is None, reason='needs glibc (Linux)')
+def test_steps_stop_faulting_and_keep_their_numbers():
+    plain, kept = run_steps('plain'), run_steps('keep')
+    # glibc's defaults: freed blocks go back and fault in again each step
+    # (how many varies from run to run, as glibc adapts its thresholds)
+    assert plain['before'] > 500 and kept['before'] > 500, (plain, kept)
+    assert kept['after'] < 50, kept  # 50 faults: 200 KiB
+    assert kept['losses'] == plain['losses']  # to the last bit
+
+
+def test_without_glibc_nothing_changes(monkeypatch, capsys):
+    monkeypatch.setattr(runtime.platform, 'libc_ver', lambda: ('', ''))
+    assert runtime.keep_freed_memory() is False
+    assert 'not glibc' in capsys.readouterr().out
+
+
+def test_a_refused_setting_is_reported(monkeypatch, capsys):
+    class RefusingLibc:
+        def mallopt(self, option, value):
+            return 0  # glibc's answer to a value it does not accept
+
+    monkeypatch.setattr(runtime, '_glibc', RefusingLibc)
+    assert runtime.keep_freed_memory() is False
+    assert 'refused' in capsys.readouterr().out
