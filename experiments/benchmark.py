@@ -19,7 +19,7 @@ on every row alike; each speed-up is the median of the per-round ratios:
 
 Run from the project root (see experiments/README.md):
 
-    python -m experiments.benchmark          # the table; a minute on 2 cores
+    python -m experiments.benchmark          # the table; 1-2 minutes on 2 cores
     python -m experiments.benchmark --json assets/benchmark.json  # + figures
     python -m experiments.benchmark --quick  # a few steps: does it run (CI)
 """

@@ -35,7 +35,7 @@ from facegen.fetch import prepare_data
 from facegen.metrics import append_jsonl
 from facegen.run import linear_decay, save_generator
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
-                             seed_everything)
+                             keep_freed_memory, seed_everything)
 from facegen.sampling import recalibrate_batch_norm
 from facegen.score import real_floor, score_generator
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
@@ -208,6 +208,7 @@ def main(argv=None):
     if args.quick:
         args.n = min(args.n, 256)
     device = choose_device()
+    memory_kept = keep_freed_memory()  # as the notebook and train.py do
     data_dir = prepare_data(args.data_dir)
     data = {split: load_faces(data_dir, COURSE['image_size'], split=split)
             for split in ('train', 'held_out')}
@@ -226,7 +227,8 @@ def main(argv=None):
         with open(args.json, 'w', encoding='utf-8') as out:
             json.dump({'floor_swd': floor_swd, 'budget_cpu_s': budget_s,
                        'n': args.n, 'cpu': cpu_type(),
-                       'machine': platform.machine(), 'rows': rows},
+                       'machine': platform.machine(),
+                       'freed_memory_kept': memory_kept, 'rows': rows},
                       out, indent=1)
     return rows
 

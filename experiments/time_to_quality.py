@@ -49,7 +49,7 @@ from facegen.metrics import append_jsonl
 from facegen.run import (after_every_step, kept_generator, linear_decay,
                          weight_average)
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
-                             seed_everything)
+                             keep_freed_memory, seed_everything)
 from facegen.score import epoch_scorer, real_floor
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
 
@@ -216,6 +216,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = choose_device()
+    memory_kept = keep_freed_memory()  # as the notebook and train.py do
     data_dir = prepare_data(args.data_dir)
     size, z_size = COURSE['image_size'], COURSE['z_size']
     held_out = load_faces(data_dir, size, split='held_out')  # (M, 3, S, S)
@@ -235,7 +236,8 @@ def main(argv=None):
     report = {
         'cpu': cpu_type(), 'threads': torch.get_num_threads(),
         'torch': torch.__version__, 'python': platform.python_version(),
-        'quick': args.quick, 'epochs': args.epochs, 'n_score': args.n_score,
+        'freed_memory_kept': memory_kept, 'quick': args.quick,
+        'epochs': args.epochs, 'n_score': args.n_score,
         'default_precision': next(run['precision'] for run in runs
                                   if run['recipe'] == 'default'),
         'floor_fast': floor, 'runs': runs, 'summary': summarise(runs)}

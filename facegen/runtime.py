@@ -70,7 +70,7 @@ def keep_freed_memory():
     MB each. glibc's defaults hand many of those blocks back to the
     operating system and take them again on the next step, which pays
     one page fault per 4 KiB touched: 3,000 to 6,000 faults per step of
-    the course model on a 2-core CPU, about a tenth of its time. Here
+    the course model on a 2-core CPU, up to a tenth of its time. Here
     blocks up to 32 MiB come from the process's heap, and up to 256 MiB of
     freed heap stays with the process; numbers do not change, only where
     memory comes from. Only glibc (Linux) has these settings; elsewhere

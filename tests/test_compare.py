@@ -9,6 +9,7 @@ import dcgan
 from conftest import write_jpegs
 from experiments import compare
 from facegen.run import load_generator
+from facegen.runtime import can_keep_freed_memory
 from facegen.settings import COURSE
 
 
@@ -24,6 +25,7 @@ def test_quick_comparison_scores_every_variant(tmp_path, capsys):
         'course', 'ema_recal', 'decay_recal']
     assert report['n'] == 30  # every held-out face of 300
     assert report['floor_swd'] > 0
+    assert report['freed_memory_kept'] == can_keep_freed_memory()
     for row in report['rows']:
         assert row['steps'] >= 1 and row['swd'] > report['floor_swd'], row
         assert row['memorisation'] > 0, row  # untrained: far from any face

@@ -8,6 +8,7 @@ import pytest
 from conftest import write_jpegs
 from experiments import time_to_quality as ttq
 from facegen.faces import list_faces, split_files
+from facegen.runtime import can_keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / 'assets' / 'time_to_quality.json'
@@ -65,6 +66,8 @@ def test_quick_run_trains_both_recipes_for_every_seed(faces, tmp_path):
         assert len(walls) == 2 and 0 < walls[0] < walls[1]
         assert all(record['score'] > 0 for record in run['epochs'])
     assert [row['seed'] for row in report['summary']] == [1, 2]
+    # both recipes reuse freed memory, as the notebook does
+    assert report['freed_memory_kept'] == can_keep_freed_memory()
     assert json.loads(saved.read_text('utf-8'))['summary'] == report[
         'summary']
     assert saved.with_suffix('.png').stat().st_size > 10_000
