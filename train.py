@@ -36,6 +36,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -75,6 +76,11 @@ SCRIPT_HINTS = {  # TrainingRun's advice, in this command's words
 }
 LOG_NAME = 'log.jsonl'
 GRID_SIZE = 64  # faces in generated_faces.png, 8 x 8
+# How long a process waits for the others at a barrier. The others wait
+# while the first one scores the finished run (minutes at 64 px, longer on
+# a first run, which also computes the real-vs-real floor); NCCL's own
+# default, 10 minutes, could run out.
+GROUP_TIMEOUT = timedelta(hours=1)
 
 
 def parse_args(argv=None):
@@ -300,7 +306,7 @@ def processes():
         device, backend = torch.device('cpu'), 'gloo'
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=GROUP_TIMEOUT)
     try:
         yield Processes(dist.get_rank(), local_rank, dist.get_world_size(),
                         device)

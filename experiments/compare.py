@@ -67,7 +67,7 @@ VARIANTS = {
     'ema_recal': ('+ fast, EMA of G (0.995), statistics re-estimated',
                   dict(precision='auto', ema=0.995, recalibrate=True)),
     'decay_recal': (
-        '+ fast, falling learning rates, statistics re-estimated (default)',
+        '+ fast, falling learning rates, statistics re-estimated',
         dict(precision='auto', lr_decay=True, recalibrate=True)),
     'sn_decay_recal': (
         '+ fast, spectral norm in D, falling learning rates, statistics '
@@ -172,11 +172,13 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
 
 def markdown_table(rows, floor_swd):
     """The results as the Markdown table of experiments/README.md, best
-    score first."""
+    score first. Each row is named by VARIANTS' words for its settings
+    today, not the words saved with it."""
     lines = ['| variant | seed | SWD | × floor | memorisation | epochs |',
              '|---|---:|---:|---:|---:|---:|']
     for row in sorted(rows, key=lambda r: r['swd']):
-        lines.append(f"| {row['what']} | {row['seed']} | {row['swd']:.1f} | "
+        what = VARIANTS[row['variant']][0]
+        lines.append(f"| {what} | {row['seed']} | {row['swd']:.1f} | "
                      f"{row['swd'] / floor_swd:.2f} | "
                      f"{row['memorisation']:.2f} | {row['epochs']:.2f} |")
     return '\n'.join(lines)

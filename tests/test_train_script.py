@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,31 @@ def test_sync_bn_is_refused_on_cpus_before_anything_else():
     args = train.parse_args(['--out', 'x', '--sync-bn', *TINY])
     with pytest.raises(ValueError, match=r'--sync-bn needs GPUs'):
         train.train(args, train.make_config(args), train.Processes(world=2))
+
+
+@pytest.mark.parametrize('gpus', [0, 1])
+def test_processes_wait_long_enough_for_the_final_score(gpus, monkeypatch):
+    """While the first process scores the run, the others wait at a
+    barrier: the group's timeout must outlast that on gloo and NCCL alike
+    (NCCL's default is 10 minutes)."""
+    started = {}
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: gpus)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda device: None)
+    monkeypatch.setattr(train.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(train.dist, 'init_process_group',
+                        lambda backend, **options: started.update(
+                            backend=backend, **options))
+    monkeypatch.setattr(train.dist, 'get_rank', lambda: 0)
+    monkeypatch.setattr(train.dist, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(train.dist, 'destroy_process_group', lambda: None)
+    with train.processes() as procs:
+        assert procs.world == 2
+    assert started['backend'] == ('nccl' if gpus else 'gloo')
+    assert started['timeout'] >= timedelta(minutes=30)
 
 
 def test_every_process_and_epoch_draws_other_noise():
