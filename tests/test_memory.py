@@ -47,7 +47,7 @@ print(json.dumps(report))
 # glibc left to itself adapts its thresholds as blocks come and go, so how
 # often a step faults varies from run to run (from about 40 to 8,000 faults
 # per step). Pinned at glibc's start-up values (128 KiB, no adapting), every
-# freed block of that size goes back to the OS: about 45,000 faults a step,
+# freed block over 128 KiB goes back to the OS: about 45,000 faults a step,
 # in every run, until keep_freed_memory changes the thresholds.
 PINNED_DEFAULTS = {'GLIBC_TUNABLES': 'glibc.malloc.mmap_threshold=131072'
                                      ':glibc.malloc.trim_threshold=131072'}
