@@ -358,14 +358,7 @@ def parse_args(argv=None):
                              'rows')
     parser.add_argument('--warmup', type=int, default=3,
                         help='untimed steps per row')
-    for name in ('batch_size', 'image_size', 'conv_dim', 'z_size'):
-        parser.add_argument('--' + name.replace('_', '-'), type=int,
-                            default=COURSE[name],
-                            help='default: the course recipe, %(default)s')
-    parser.add_argument('--precision', default='auto',
-                        choices=('auto', 'fp32', 'bf16'),
-                        help="the project path's precision (default: chosen "
-                             "for this machine)")
+    add_model_arguments(parser)
     parser.add_argument('--quick', action='store_true',
                         help='3 steps per row (3 rounds) at batch 32: checks '
                              'that everything runs')
@@ -375,10 +368,28 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.warmup, args.batch_size = 3, 3, 1, 32
+    check_rounds(parser, args)
+    return args
+
+
+def add_model_arguments(parser):
+    """The options every script that times training steps shares: the
+    course model's sizes and the precision of the project's path."""
+    for name in ('batch_size', 'image_size', 'conv_dim', 'z_size'):
+        parser.add_argument('--' + name.replace('_', '-'), type=int,
+                            default=COURSE[name],
+                            help='default: the course recipe, %(default)s')
+    parser.add_argument('--precision', default='auto',
+                        choices=('auto', 'fp32', 'bf16'),
+                        help="the project path's precision (default: chosen "
+                             "for this machine)")
+
+
+def check_rounds(parser, args):
+    """Refuse --rounds that --steps cannot be split into."""
     if not 1 <= args.rounds <= args.steps:
         parser.error(f'--rounds must be between 1 and --steps ({args.steps}); '
                      f'got {args.rounds}.')
-    return args
 
 
 def rows_for(amp_dtype):

@@ -31,10 +31,10 @@ from torch import nn
 
 import dcgan
 from experiments import reporting
-from experiments.benchmark import matmul_flops_per_s
+from experiments.benchmark import (add_model_arguments, build_models,
+                                   check_rounds, matmul_flops_per_s)
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
                              keep_freed_memory)
-from facegen.settings import COURSE
 
 WEIGHTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -130,10 +130,7 @@ def make_step(args, device, amp_dtype):
     """The course model with its optimizers, channels_last, and a function
     that runs one training step on the same random batch."""
     torch.manual_seed(0)
-    D, G = dcgan.build_networks(args.z_size, args.conv_dim, args.image_size,
-                                device)
-    betas = (COURSE['beta1'], COURSE['beta2'])
-    d_opt, g_opt = dcgan.build_optimizers(D, G, COURSE['lr'], betas)
+    D, G, d_opt, g_opt = build_models(args, device, channels_last=True)
     images = torch.rand(  # (N, 3, S, S) in [0, 1]
         args.batch_size, 3, args.image_size, args.image_size,
         device=device).contiguous(memory_format=torch.channels_last)
@@ -262,13 +259,7 @@ def parse_args(argv=None):
                         help='the steps are split into this many turns of '
                              'each kind, taken in rotation')
     parser.add_argument('--warmup', type=int, default=5)
-    for name in ('batch_size', 'image_size', 'conv_dim', 'z_size'):
-        parser.add_argument('--' + name.replace('_', '-'), type=int,
-                            default=COURSE[name],
-                            help='default: the course recipe, %(default)s')
-    parser.add_argument('--precision', default='auto',
-                        choices=('auto', 'fp32', 'bf16'),
-                        help='default: chosen for this machine')
+    add_model_arguments(parser)
     parser.add_argument('--quick', action='store_true',
                         help='4 steps at batch 16: checks that it runs')
     parser.add_argument('--json', type=Path,
@@ -277,9 +268,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.warmup, args.batch_size = 4, 2, 1, 16
-    if not 1 <= args.rounds <= args.steps:
-        parser.error(f'--rounds must be between 1 and --steps ({args.steps}); '
-                     f'got {args.rounds}.')
+    check_rounds(parser, args)
     return args
 
 
