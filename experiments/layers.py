@@ -13,7 +13,8 @@ each gradient its backward computes (its input's, when that needs one; its
 weights', unless D is frozen for G's update). What no module covers (the
 losses, the optimizers' updates, autograd's bookkeeping) is the rest. The
 hooks cost a little time themselves, so the step is also timed without them,
-in rounds taken in turn with the hooked ones.
+in rounds taken in turn with the hooked ones. On a GPU every clock reading
+first waits for the queued kernels, so that each layer's time is its own.
 
     python -m experiments.layers                           # the table
     python -m experiments.layers --json assets/layers.json  # + figures
@@ -32,7 +33,8 @@ from torch import nn
 import dcgan
 from experiments import reporting
 from experiments.benchmark import (add_model_arguments, build_models,
-                                   check_rounds, matmul_flops_per_s)
+                                   check_rounds, matmul_flops_per_s,
+                                   synchronize)
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
                              keep_freed_memory)
 
@@ -70,7 +72,8 @@ class LayerClock:
     """Timing hooks on every leaf module of the networks, while attached:
     seconds and FLOPs per layer and direction, summed over the steps."""
 
-    def __init__(self, networks):
+    def __init__(self, networks, device):
+        self.device = device
         self.seconds = defaultdict(float)  # (layer, 'forward'|'backward')
         self.flops = defaultdict(int)
         self.kinds = {}
@@ -91,10 +94,10 @@ class LayerClock:
 
     def _hooks(self, layer, module):
         def forward_pre(mod, inputs):
-            self._started[layer] = time.perf_counter()
+            self._started[layer] = self._now()
 
         def forward_post(mod, inputs, output):
-            self.seconds[layer, 'forward'] += (time.perf_counter()
+            self.seconds[layer, 'forward'] += (self._now()
                                                - self._started.pop(layer))
             flops = forward_flops(mod, inputs, output)
             self.flops[layer, 'forward'] += flops
@@ -115,15 +118,19 @@ class LayerClock:
         started = []
 
         def before(grad_outputs):
-            started.append(time.perf_counter())
+            started.append(self._now())
 
         def after(grad_inputs, grad_outputs):
-            self.seconds[layer, 'backward'] += (time.perf_counter()
-                                                - started.pop())
+            self.seconds[layer, 'backward'] += self._now() - started.pop()
             self.flops[layer, 'backward'] += flops
 
         node.register_prehook(before)
         node.register_hook(after)
+
+    def _now(self):
+        """The clock, once the work queued so far has run."""
+        synchronize(self.device)
+        return time.perf_counter()
 
 
 def make_step(args, device, amp_dtype):
@@ -141,11 +148,13 @@ def make_step(args, device, amp_dtype):
     return step, {'D': D, 'G': G}
 
 
-def timed(step, n_steps):
+def timed(step, n_steps, device):
     """Seconds per step over n_steps."""
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(n_steps):
         step()
+    synchronize(device)
     return (time.perf_counter() - start) / n_steps
 
 
@@ -156,15 +165,15 @@ def run(args):
     amp_dtype = choose_precision(device, args.precision)
     memory_kept = keep_freed_memory()
     step, networks = make_step(args, device, amp_dtype)
-    clock = LayerClock(networks)
+    clock = LayerClock(networks, device)
     for _ in range(args.warmup):
         step()
     per_round = args.steps // args.rounds
     bare, hooked = [], []
     for _ in range(args.rounds):
-        bare.append(timed(step, per_round))
+        bare.append(timed(step, per_round, device))
         clock.attach()
-        hooked.append(timed(step, per_round))
+        hooked.append(timed(step, per_round, device))
         clock.detach()
     n_steps = per_round * args.rounds
     layers = []

@@ -27,7 +27,7 @@ def test_flops_counted_per_layer_add_up_to_torchs_count():
     layers' sum must match what torch's own counter sees in the step."""
     step, networks = tiny_step()
     step()  # optimizer state exists, as in every later step
-    clock = layers.LayerClock(networks)
+    clock = layers.LayerClock(networks, torch.device('cpu'))
     clock.attach()
     with FlopCounterMode(display=False) as counter:
         step()
