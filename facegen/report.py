@@ -1,7 +1,7 @@
-"""The measured figures of a full run, written as JSON, and the README's
-tables made from that JSON, so no figure is copied by hand: the notebook's
-committed run (assets/run.json) and the committed runs of train.py
-(assets/train_*.json, each a run folder's run.json)."""
+"""The measured figures of a full run, written as JSON, and the tables made
+from that JSON, so no figure is copied by hand: the notebook's committed run
+(assets/run.json, in README.md) and the committed runs of train.py
+(assets/train_*.json, each a run folder's run.json, in TRAINING.md)."""
 import json
 import platform
 from pathlib import Path
@@ -69,7 +69,7 @@ def results_table(figures):
 
 
 def runs_table(runs):
-    """The README's table of runs of train.py: one row per run's figures
+    """TRAINING.md's table of runs of train.py: one row per run's figures
     (its run.json), with the score's figures as in results_table. The first
     column names the run: image size, width, seed, and whether the kept
     generator is the average of G's weights or G's last weights."""
@@ -106,7 +106,7 @@ def replace_between(text, start_marker, end_marker, table):
     end = text.find(end_marker, max(start, 0))
     if start < 0 or end < 0:
         raise ValueError(
-            f'The README has no place for the table: put the lines '
+            f'The page has no place for the table: put the lines '
             f'{start_marker} and {end_marker} where it belongs, in that '
             f'order.')
     start += len(start_marker)
@@ -120,11 +120,10 @@ def with_results_table(readme_text, figures):
                             results_table(figures))
 
 
-def with_runs_table(readme_text, runs):
-    """readme_text with the part between the runs markers replaced by
-    runs_table(runs)."""
-    return replace_between(readme_text, RUNS_START, RUNS_END,
-                            runs_table(runs))
+def with_runs_table(text, runs):
+    """text (TRAINING.md's) with the part between the runs markers replaced
+    by runs_table(runs)."""
+    return replace_between(text, RUNS_START, RUNS_END, runs_table(runs))
 
 
 def committed_runs(assets):
@@ -134,16 +133,21 @@ def committed_runs(assets):
             for path in sorted(Path(assets).glob(RUNS_GLOB))]
 
 
+def refresh(path, make):
+    """Rewrite the text file path as make(its text), atomically."""
+    text = make(Path(path).read_text('utf-8'))
+    atomic_write(path, lambda out: out.write(text), mode='w')
+
+
 def main():
-    """python -m facegen.report: refresh the README's tables from
-    assets/run.json and assets/train_*.json (both relative to the current
-    folder)."""
+    """python -m facegen.report: refresh README.md's table from
+    assets/run.json and TRAINING.md's from assets/train_*.json (all
+    relative to the current folder)."""
     figures = json.loads(Path('assets/run.json').read_text('utf-8'))
-    text = Path('README.md').read_text('utf-8')
-    text = with_runs_table(with_results_table(text, figures),
-                           committed_runs('assets'))
-    atomic_write('README.md', lambda out: out.write(text), mode='w')
-    print(f'README.md: tables made from assets/run.json and '
+    refresh('README.md', lambda text: with_results_table(text, figures))
+    runs = committed_runs('assets')
+    refresh('TRAINING.md', lambda text: with_runs_table(text, runs))
+    print(f'README.md: table made from assets/run.json; TRAINING.md: from '
           f'assets/{RUNS_GLOB}')
 
 

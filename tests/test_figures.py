@@ -25,19 +25,19 @@ def test_readme_results_table_is_made_from_run_json():
         'README.md differs from assets/run.json: run python -m facegen.report')
 
 
-def test_readme_runs_table_is_made_from_the_committed_train_runs():
+def test_training_guide_runs_table_is_made_from_the_committed_train_runs():
     paths = sorted((ROOT / 'assets').glob(report.RUNS_GLOB))
     assert paths, f'no assets/{report.RUNS_GLOB}: the 64 px run is missing'
     runs = report.committed_runs(ROOT / 'assets')
-    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
-    assert report.with_runs_table(readme, runs) == readme, (
-        'README.md differs from assets/train_*.json: run python -m '
+    guide = (ROOT / 'TRAINING.md').read_text(encoding='utf-8')
+    assert report.with_runs_table(guide, runs) == guide, (
+        'TRAINING.md differs from assets/train_*.json: run python -m '
         'facegen.report')
     for path, figures in zip(paths, runs):
         assert not figures['config']['quick'], path.name
         assert figures['command'].startswith('train.py '), path.name
-        picture = path.with_suffix('.png')  # its faces, shown in the README
-        assert picture.is_file() and f'assets/{picture.name}' in readme
+        picture = path.with_suffix('.png')  # its faces, shown beside it
+        assert picture.is_file() and f'assets/{picture.name}' in guide
 
 
 def test_run_json_belongs_to_the_published_generator():

@@ -268,11 +268,11 @@ def test_readme_table_is_the_committed_measurement():
 
 @pytest.mark.skipif(not ASSET.exists(),
                     reason='assets/processes.json is not measured yet')
-def test_project_readme_quotes_the_measured_ratio():
+def test_training_guide_quotes_the_measured_ratio():
     report = json.loads(ASSET.read_text(encoding='utf-8'))
-    readme = (README.parents[1] / 'README.md').read_text(encoding='utf-8')
-    section = readme[readme.index('## Beyond the notebook'):]
+    guide = (README.parents[1] / 'TRAINING.md').read_text(encoding='utf-8')
+    section = guide[guide.index('## Many processes'):]
     ratio = f"{report['ratio']['median']:.2f}×"
     assert ratio in section[:section.index('\n## ', 1)], (
-        f'README.md should give the measured {ratio} of '
+        f'TRAINING.md should give the measured {ratio} of '
         f'assets/processes.json')

@@ -51,13 +51,13 @@ def test_write_ups_quote_the_committed_figures():
     experiments = (ROOT / 'experiments' / 'README.md').read_text('utf-8')
     assert scale.format_table(report) in experiments, (
         'copy the table python -m experiments.scale gives')
-    readme = (ROOT / 'README.md').read_text('utf-8')
-    section = readme[readme.index('## Beyond the notebook'):]
-    section = section[:section.index('\n## ', 1)]
+    guide = (ROOT / 'TRAINING.md').read_text('utf-8')
+    section = guide[guide.index('## How long a bigger run takes'):]
     tutorial = report['rows'][-1]
     quoted = {f"{tutorial['celeba_epoch_tflop']:,.0f}",
               scale._duration(report['gpu_celeba_epoch_s']),
               scale._duration(tutorial['celeba_epoch_s']),
-              f"{report['gpu_tflop_per_s_assumed']:g}"}
+              f"{report['gpu_tflop_per_s_assumed']:g}",
+              f"{report['celeba_training_faces']:,}"}
     for figure in quoted:
         assert figure in section, figure
