@@ -18,8 +18,9 @@ parameters cell. --out receives
     generator.pt           at the end, for evaluate.py, with its score
     generated_faces.png    64 of its faces
     run.json               the run's figures, as the notebook's
-                           assets/run.json (python -m facegen.report puts
-                           them in the README)
+                           assets/run.json (copied to assets/train_*.json,
+                           python -m facegen.report puts them in
+                           TRAINING.md)
 
 With K processes each one trains on its own --batch-size / K images of every
 batch and draws its own noise; DistributedDataParallel averages the
@@ -519,12 +520,14 @@ def train(args, config, procs):
             '--sync-bn needs GPUs: SyncBatchNorm does not run on CPUs. Leave '
             'it out: each process then normalises by its own share of the '
             'batch.')
-    seed_everything(config['seed'])  # the same start on every process
     describe(procs, config)
     keep_freed_memory()  # a step reuses the last one's memory: no page faults
     amp_dtype = procs.agree(choose_precision(procs.device,
                                              config['precision']))
     loader, held_out, data_dir = load_data(args, config, procs)
+    # Seeded where the notebook seeds, right before its networks: the same
+    # settings and threads repeat its run. The same start on every process.
+    seed_everything(config['seed'])
     D, G = dcgan.build_networks(config['z_size'], config['conv_dim'],
                                 config['image_size'], procs.device)
     if args.sync_bn and procs.distributed:  # batch norm over all shares

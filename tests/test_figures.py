@@ -40,6 +40,19 @@ def test_training_guide_runs_table_is_made_from_the_committed_train_runs():
         assert picture.is_file() and f'assets/{picture.name}' in guide
 
 
+def test_train_py_repeats_the_committed_notebook_run():
+    """TRAINING.md says so: train.py seeds where the notebook seeds, so a
+    committed train.py run with the notebook's settings on the same kind of
+    machine is the same run, score for score."""
+    same = [figures for figures in report.committed_runs(ROOT / 'assets')
+            if all(figures[key] == FIGURES[key] for key in
+                   ('config', 'machine', 'threads', 'precision', 'torch'))]
+    assert same, 'no committed train.py run with the notebook\'s settings'
+    for figures in same:
+        assert figures['epoch_scores'] == FIGURES['epoch_scores']
+        assert figures['score'] == FIGURES['score']
+
+
 def test_run_json_belongs_to_the_published_generator():
     state = torch.load(ROOT / 'assets' / 'generator.pt', weights_only=True)
     for key in ('swd', 'floor', 'memorisation'):

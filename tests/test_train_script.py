@@ -72,15 +72,15 @@ def config_of(*extra):
 
 def notebook_run(data_dir, config, run_dir):
     """The notebook's training cells in their order (less its look at one
-    batch, which draws random numbers): seed, precision, loader, held-out
-    faces, networks, optimizers, scorer, fixed noise, dcgan.train."""
-    helpers.seed_everything(config['seed'])
+    batch, which comes before the seed): precision, loader, held-out faces,
+    seed, networks, optimizers, scorer, fixed noise, dcgan.train."""
     device = torch.device('cpu')
     amp_dtype = helpers.choose_precision(device, config['precision'])
     size, z_size = config['image_size'], config['z_size']
     loader = dcgan.get_dataloader(config['batch_size'], size, data_dir,
                                   config['n_images'])
     held_out = helpers.load_faces(data_dir, size, split='held_out')
+    helpers.seed_everything(config['seed'])
     D, G = dcgan.build_networks(z_size, config['conv_dim'], size, device)
     d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
                                           (config['beta1'], config['beta2']))
@@ -131,23 +131,43 @@ def assert_same_run(state, expected):
 
 # --- the notebook's settings and training ------------------------------------
 
-def parameters_cell():
+def settings_cells():
+    """The sources of the notebook's parameters cell (tagged for papermill)
+    and of the code cell after it, which builds config."""
     cells = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
         encoding='utf-8'))['cells']
-    tagged = [cell for cell in cells
+    tagged = [index for index, cell in enumerate(cells)
               if 'parameters' in cell.get('metadata', {}).get('tags', [])]
     assert len(tagged) == 1, 'the notebook has one parameters cell'
-    return ''.join(tagged[0]['source'])
+    after = next(cell for cell in cells[tagged[0] + 1:]
+                 if cell['cell_type'] == 'code')
+    return ''.join(cells[tagged[0]]['source']), ''.join(after['source'])
+
+
+def notebook_config(injected=''):
+    """config as the notebook builds it, with injected run after the
+    parameters cell, where papermill puts its -p values."""
+    namespace = {'helpers': helpers}
+    parameters, builds_config = settings_cells()
+    for source in (parameters, injected, builds_config):
+        exec(source, namespace)
+    return namespace['config']
 
 
 @pytest.mark.parametrize('quick', ['0', '1'])
 def test_defaults_are_the_notebooks_parameters(quick, monkeypatch):
     monkeypatch.setenv('FACEGEN_QUICK', quick)
-    namespace = {'helpers': helpers}
-    exec(parameters_cell(), namespace)
     config = train.make_config(train.parse_args(['--out', 'x']))
-    assert config == namespace['config']
-    assert list(config) == list(namespace['config'])  # and in its order
+    notebook = notebook_config()
+    assert config == notebook
+    assert list(config) == list(notebook)  # and in its order
+
+
+def test_papermill_values_reach_the_config():
+    config = notebook_config('seed = 7\nn_epochs = 3\nlr = 0.001\n')
+    assert (config['seed'], config['n_epochs'], config['lr']) == (7, 3, 0.001)
+    with pytest.raises(ValueError, match='lr must be'):
+        notebook_config('lr = 2\n')
 
 
 def test_train_py_trains_what_the_notebook_trains(faces, uninterrupted,
@@ -155,6 +175,43 @@ def test_train_py_trains_what_the_notebook_trains(faces, uninterrupted,
     notebook_run(faces, config_of(*EPOCHS), tmp_path)
     assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
                     uninterrupted)
+
+
+def notebook_cells_until_training():
+    """The notebook's code cells up to and including its training cell,
+    with IPython's magic lines left out, and the index of the parameters
+    cell among them."""
+    cells = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
+        encoding='utf-8'))['cells']
+    code = [cell for cell in cells if cell['cell_type'] == 'code']
+    last = next(index for index, cell in enumerate(code)
+                if 'G_kept = train(' in ''.join(cell['source']))
+    sources = ['\n'.join(line for line in ''.join(cell['source']).splitlines()
+                         if not line.lstrip().startswith('%'))
+               for cell in code[:last + 1]]
+    parameters = next(index for index, cell in enumerate(code)
+                      if 'parameters' in cell['metadata'].get('tags', []))
+    return sources, parameters
+
+
+def test_the_notebooks_own_cells_train_what_train_py_trains(
+        faces, uninterrupted, tmp_path, monkeypatch):
+    """Not a copy of its order: the notebook's cells themselves, with the
+    tiny settings put after the parameters cell as papermill would."""
+    monkeypatch.setenv('FACEGEN_DATA', str(faces))
+    monkeypatch.chdir(tmp_path)  # what the cells write stays here
+    config = config_of(*EPOCHS)
+    injected = ''.join(f'{key} = {value!r}\n' for key, value in config.items()
+                       if key != 'quick')
+    injected += "run_dir = 'run'\nassets_dir = 'assets'\n"
+    sources, parameters = notebook_cells_until_training()
+    sources.insert(parameters + 1, injected)
+    namespace = {}
+    for source in sources:
+        exec(compile(source, 'dlnd_face_generation.ipynb', 'exec'), namespace)
+    assert namespace['config'] == config
+    assert_same_run(helpers.load_checkpoint(tmp_path / 'run' /
+                                            'checkpoint.pt'), uninterrupted)
 
 
 def test_the_notebook_goes_on_from_a_train_py_checkpoint(
