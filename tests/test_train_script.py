@@ -70,38 +70,25 @@ def config_of(*extra):
                                                *extra]))
 
 
-def notebook_run(data_dir, config, run_dir):
-    """The notebook's training cells in their order (less its look at one
-    batch, which comes before the seed): precision, loader, held-out faces,
-    seed, networks, optimizers, scorer, fixed noise, dcgan.train."""
-    device = torch.device('cpu')
-    amp_dtype = helpers.choose_precision(device, config['precision'])
-    size, z_size = config['image_size'], config['z_size']
-    loader = dcgan.get_dataloader(config['batch_size'], size, data_dir,
-                                  config['n_images'])
-    held_out = helpers.load_faces(data_dir, size, split='held_out')
-    helpers.seed_everything(config['seed'])
-    D, G = dcgan.build_networks(z_size, config['conv_dim'], size, device)
-    d_opt, g_opt = dcgan.build_optimizers(D, G, config['lr'],
-                                          (config['beta1'], config['beta2']))
-    score = helpers.epoch_scorer(held_out, z_size, config['n_score'])
-    fixed_z = torch.randn(config['sample_size'], z_size)  # (n, z_size)
-    dcgan.train(D, G, d_opt, g_opt, loader, fixed_z, config, run_dir,
-                amp_dtype, score=score)
-
-
-def interrupt_epoch_2(monkeypatch, batches=8):
-    """Make dcgan.train_step raise KeyboardInterrupt on epoch 2's first
+def interrupting(step, batches=8):
+    """step, made to raise KeyboardInterrupt on its call for epoch 2's first
     batch (270 training faces, batches of 32: 8 a epoch)."""
-    real_step, calls = dcgan.train_step, []
+    calls = []
 
-    def step(*args, **kwargs):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == batches + 1:
             raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(dcgan, 'train_step', step)
+    return interrupted
+
+
+def interrupt_epoch_2(monkeypatch):
+    """Make dcgan.train_step, which train.py calls, stop in epoch 2
+    (interrupting); returns the real one."""
+    real_step = dcgan.train_step
+    monkeypatch.setattr(dcgan, 'train_step', interrupting(real_step))
     return real_step
 
 
@@ -131,25 +118,28 @@ def assert_same_run(state, expected):
 
 # --- the notebook's settings and training ------------------------------------
 
-def settings_cells():
-    """The sources of the notebook's parameters cell (tagged for papermill)
-    and of the code cell after it, which builds config."""
+def notebook_code_cells():
+    """The sources of the notebook's code cells, IPython's magic lines left
+    out, and the index of the parameters cell (tagged for papermill) among
+    them."""
     cells = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
         encoding='utf-8'))['cells']
-    tagged = [index for index, cell in enumerate(cells)
-              if 'parameters' in cell.get('metadata', {}).get('tags', [])]
+    code = [cell for cell in cells if cell['cell_type'] == 'code']
+    tagged = [index for index, cell in enumerate(code)
+              if 'parameters' in cell['metadata'].get('tags', [])]
     assert len(tagged) == 1, 'the notebook has one parameters cell'
-    after = next(cell for cell in cells[tagged[0] + 1:]
-                 if cell['cell_type'] == 'code')
-    return ''.join(cells[tagged[0]]['source']), ''.join(after['source'])
+    sources = ['\n'.join(line for line in ''.join(cell['source']).splitlines()
+                         if not line.lstrip().startswith('%'))
+               for cell in code]
+    return sources, tagged[0]
 
 
 def notebook_config(injected=''):
     """config as the notebook builds it, with injected run after the
     parameters cell, where papermill puts its -p values."""
     namespace = {'helpers': helpers}
-    parameters, builds_config = settings_cells()
-    for source in (parameters, injected, builds_config):
+    sources, parameters = notebook_code_cells()
+    for source in (sources[parameters], injected, sources[parameters + 1]):
         exec(source, namespace)
     return namespace['config']
 
@@ -170,48 +160,36 @@ def test_papermill_values_reach_the_config():
         notebook_config('lr = 2\n')
 
 
-def test_train_py_trains_what_the_notebook_trains(faces, uninterrupted,
-                                                  tmp_path):
-    notebook_run(faces, config_of(*EPOCHS), tmp_path)
-    assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
-                    uninterrupted)
-
-
-def notebook_cells_until_training():
-    """The notebook's code cells up to and including its training cell,
-    with IPython's magic lines left out, and the index of the parameters
-    cell among them."""
-    cells = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
-        encoding='utf-8'))['cells']
-    code = [cell for cell in cells if cell['cell_type'] == 'code']
-    last = next(index for index, cell in enumerate(code)
-                if 'G_kept = train(' in ''.join(cell['source']))
-    sources = ['\n'.join(line for line in ''.join(cell['source']).splitlines()
-                         if not line.lstrip().startswith('%'))
-               for cell in code[:last + 1]]
-    parameters = next(index for index, cell in enumerate(code)
-                      if 'parameters' in cell['metadata'].get('tags', []))
-    return sources, parameters
-
-
-def test_the_notebooks_own_cells_train_what_train_py_trains(
-        faces, uninterrupted, tmp_path, monkeypatch):
-    """Not a copy of its order: the notebook's cells themselves, with the
-    tiny settings put after the parameters cell as papermill would."""
-    monkeypatch.setenv('FACEGEN_DATA', str(faces))
-    monkeypatch.chdir(tmp_path)  # what the cells write stays here
-    config = config_of(*EPOCHS)
+def notebook_run(data_dir, config, run_dir, monkeypatch, interrupt=False):
+    """The notebook's own code cells, up to its training cell, on the faces
+    in data_dir, with config's settings and run_dir put after the parameters
+    cell, as papermill puts its values. interrupt: its train_step stops in
+    epoch 2 (interrupting). Returns the config the cells built."""
+    monkeypatch.setenv('FACEGEN_DATA', str(data_dir))
+    monkeypatch.chdir(run_dir)  # what the cells write stays there
     injected = ''.join(f'{key} = {value!r}\n' for key, value in config.items()
                        if key != 'quick')
-    injected += "run_dir = 'run'\nassets_dir = 'assets'\n"
-    sources, parameters = notebook_cells_until_training()
+    injected += f"run_dir = {str(run_dir)!r}\nassets_dir = 'assets'\n"
+    sources, parameters = notebook_code_cells()
     sources.insert(parameters + 1, injected)
     namespace = {}
     for source in sources:
+        training = 'G_kept = train(' in source
+        if training and interrupt:  # after the check, which calls it too
+            namespace['train_step'] = interrupting(namespace['train_step'])
         exec(compile(source, 'dlnd_face_generation.ipynb', 'exec'), namespace)
-    assert namespace['config'] == config
-    assert_same_run(helpers.load_checkpoint(tmp_path / 'run' /
-                                            'checkpoint.pt'), uninterrupted)
+        if training:
+            return namespace['config']
+    raise AssertionError('the notebook has no training cell')
+
+
+def test_train_py_trains_what_the_notebook_trains(faces, uninterrupted,
+                                                  tmp_path, monkeypatch):
+    """Not a copy of its order: the notebook's cells themselves."""
+    config = config_of(*EPOCHS)
+    assert notebook_run(faces, config, tmp_path, monkeypatch) == config
+    assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
+                    uninterrupted)
 
 
 def test_the_notebook_goes_on_from_a_train_py_checkpoint(
@@ -221,7 +199,7 @@ def test_the_notebook_goes_on_from_a_train_py_checkpoint(
         run_script(faces, tmp_path, *EPOCHS)
     assert ('Interrupted in epoch 2: ' in capsys.readouterr().out)
     monkeypatch.setattr(dcgan, 'train_step', real_step)
-    notebook_run(faces, config_of(*EPOCHS), tmp_path)
+    notebook_run(faces, config_of(*EPOCHS), tmp_path, monkeypatch)
     assert 'Resuming from' in capsys.readouterr().out
     assert_same_run(helpers.load_checkpoint(tmp_path / 'checkpoint.pt'),
                     uninterrupted)
@@ -229,10 +207,9 @@ def test_the_notebook_goes_on_from_a_train_py_checkpoint(
 
 def test_train_py_goes_on_from_a_notebook_checkpoint(
         faces, uninterrupted, tmp_path, monkeypatch, capsys):
-    real_step = interrupt_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        notebook_run(faces, config_of(*EPOCHS), tmp_path)
-    monkeypatch.setattr(dcgan, 'train_step', real_step)
+        notebook_run(faces, config_of(*EPOCHS), tmp_path, monkeypatch,
+                     interrupt=True)
     run_script(faces, tmp_path, *EPOCHS)
     out = capsys.readouterr().out
     assert 'Resuming from' in out and '1 of 2 epochs done' in out
