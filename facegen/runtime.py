@@ -18,7 +18,10 @@ from .settings import COURSE
 PRECISIONS = ('auto', 'fp32', 'bf16')
 _CPU_BF16_FLAGS = ('amx_bf16', 'avx512_bf16')  # native bf16 on x86
 _MIN_BF16_SPEEDUP = 1.15  # a smaller gain is timing noise: keep fp32
-_PRECISION_ROUNDS = 3  # timed passes per number format in the 'auto' check
+# Timed passes per number format in the 'auto' check. With 3, a slow spell
+# of a shared AMX CPU once made bf16 look 1.13x as fast as fp32, where later
+# checks and the benchmark measured 1.6x to 2.1x; 5 take about 0.6 s there.
+_PRECISION_ROUNDS = 5
 _CPUINFO = '/proc/cpuinfo'
 # glibc's mallopt settings (malloc.h) and the values keep_freed_memory sets
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -1,5 +1,7 @@
-"""Shared pytest fixtures: small face-like image folders made on the fly."""
+"""Shared pytest helpers: small face-like image folders made on the fly,
+and the solved notebook's cells."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +13,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests import helpers, dcgan, problem_unittests
 
+
+def notebook_cells(cell_type=None):
+    """The solved notebook's cells as nbformat dicts, in order; only those of
+    cell_type ('code' or 'markdown') when given."""
+    import export  # after the sys.path line above
+    cells = json.loads(export.NOTEBOOK.read_text(encoding='utf-8'))['cells']
+    return [cell for cell in cells
+            if cell_type is None or cell['cell_type'] == cell_type]
 
 def write_jpegs(folder, n, size=64, seed=0):
     """Write n random-colour JPEGs (size x size) named 000000.jpg, ... into

@@ -130,9 +130,9 @@ def test_readme_tables_are_the_committed_benchmarks(figures):
             f'{figures.name}: {line}')
 
 
-def test_both_cpu_types_are_committed():
+def test_every_cpu_type_is_committed():
     assert {path.name for path in ASSETS.glob('benchmark*.json')} == {
-        'benchmark.json', 'benchmark_avx512.json'}
+        'benchmark.json', 'benchmark_avx512.json', 'benchmark_amx.json'}
 
 
 @pytest.mark.parametrize('glibc', [True, False])

@@ -7,16 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import notebook_cells
 from facegen import report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = json.loads((ROOT / 'assets' / 'run.json').read_text('utf-8'))
-
-
-def notebook_cells():
-    notebook = json.loads((ROOT / 'dlnd_face_generation.ipynb').read_text(
-        encoding='utf-8'))
-    return notebook['cells']
 
 
 def test_readme_results_table_is_made_from_run_json():
@@ -53,6 +48,23 @@ def test_train_py_repeats_the_committed_notebook_run():
         assert figures['score'] == FIGURES['score']
 
 
+def test_the_precision_comparison_quotes_the_committed_runs():
+    """TRAINING.md's fp32-or-bf16 paragraph: each score ratio it gives is a
+    committed run's, and each time per epoch a committed run's average."""
+    guide = (ROOT / 'TRAINING.md').read_text(encoding='utf-8')
+    paragraph = guide[guide.index('**fp32 or bf16.**'):]
+    paragraph = paragraph[:paragraph.index('\n\n')]
+    runs = report.committed_runs(ROOT / 'assets')
+    ratios = {f"{run['score']['swd_over_floor']:.2f}" for run in runs}
+    epoch_s = {f"{run['train_seconds'] / len(run['epoch_seconds']):.1f}"
+               for run in runs}
+    quoted = re.findall(r'(\d+\.\d+)×', paragraph)
+    assert len(quoted) >= 4 and set(quoted) <= ratios, quoted
+    seconds = re.findall(r'(\d+\.\d+) (?:to (\d+\.\d+) )?s\b', paragraph)
+    quoted = {number for pair in seconds for number in pair if number}
+    assert quoted and quoted <= epoch_s, quoted
+
+
 def test_run_json_belongs_to_the_published_generator():
     state = torch.load(ROOT / 'assets' / 'generator.pt', weights_only=True)
     for key in ('swd', 'floor', 'memorisation'):
@@ -62,7 +74,7 @@ def test_run_json_belongs_to_the_published_generator():
 
 
 def test_the_notebook_printed_the_committed_figures():
-    code = [cell for cell in notebook_cells() if cell['cell_type'] == 'code']
+    code = notebook_cells('code')
     printed = ''.join(''.join(out.get('text', ''))
                       for cell in code for out in cell.get('outputs', []))
     assert report.results_table(FIGURES) in printed

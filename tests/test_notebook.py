@@ -1,20 +1,14 @@
 """The committed notebook is set up so that nbval really checks every
 exercise."""
 
-import json
 import re
 from pathlib import Path
 
 import dcgan
-import export
 import helpers
+from conftest import notebook_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def code_cells():
-    cells = json.loads(export.NOTEBOOK.read_text(encoding='utf-8'))['cells']
-    return [cell for cell in cells if cell['cell_type'] == 'code']
 
 
 def stdout_of(cell):
@@ -30,7 +24,7 @@ def test_every_check_cell_is_compared_against_tests_passed():
     output."""
     checks = [
         cell
-        for cell in code_cells()
+        for cell in notebook_cells('code')
         if 'tests.test_' in ''.join(cell['source'])
     ]
     assert len(checks) >= 8
@@ -47,7 +41,7 @@ def test_every_problem_unittest_is_called_in_the_notebook():
     called = set(
         re.findall(
             r'tests\.(test_\w+)\(',
-            ''.join(''.join(c['source']) for c in code_cells()),
+            ''.join(''.join(c['source']) for c in notebook_cells('code')),
         )
     )
     defined = {
@@ -59,7 +53,7 @@ def test_every_problem_unittest_is_called_in_the_notebook():
 def test_committed_notebook_shows_a_full_run():
     """Readers of the notebook and its HTML see a real run, not quick mode or
     an error."""
-    cells = code_cells()
+    cells = notebook_cells('code')
     counts = [cell.get('execution_count') for cell in cells]
     assert counts == list(range(1, len(cells) + 1)), (
         'the notebook was not run top to bottom in one go: '
@@ -85,7 +79,7 @@ def test_published_generator_matches_the_committed_run():
     G, info = helpers.load_generator(
         ROOT / 'assets' / 'generator.pt', dcgan.Generator
     )
-    printed = '\n'.join(stdout_of(cell) for cell in code_cells())
+    printed = '\n'.join(stdout_of(cell) for cell in notebook_cells('code'))
     assert f"SWD {info['score']['swd']:.2f} for" in printed
     assert f"floor {info['score']['floor']:.2f}" in printed
     assert info['score']['n'] == helpers.HELD_OUT_SIZE
