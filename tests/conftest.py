@@ -22,6 +22,7 @@ def notebook_cells(cell_type=None):
     return [cell for cell in cells
             if cell_type is None or cell['cell_type'] == cell_type]
 
+
 def write_jpegs(folder, n, size=64, seed=0):
     """Write n random-colour JPEGs (size x size) named 000000.jpg, ... into
     folder."""

@@ -103,8 +103,7 @@ def measured_values():
 
 
 def strengths_text():
-    cells = [''.join(cell['source']) for cell in notebook_cells()
-             if cell['cell_type'] == 'markdown']
+    cells = [''.join(cell['source']) for cell in notebook_cells('markdown')]
     return next(text for text in cells
                 if text.startswith('## Strengths and weaknesses'))
 
@@ -129,9 +128,8 @@ BATCH_NORM_MOMENTUM = '0.1'  # a setting the text explains, not a result
 
 
 def cells_citing_the_experiments():
-    return [''.join(cell['source']) for cell in notebook_cells()
-            if cell['cell_type'] == 'markdown'
-            and 'experiments/README.md' in ''.join(cell['source'])
+    return [''.join(cell['source']) for cell in notebook_cells('markdown')
+            if 'experiments/README.md' in ''.join(cell['source'])
             and not ''.join(cell['source']).startswith('## Strengths')]
 
 
