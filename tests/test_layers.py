@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from experiments import layers
 
 ROOT = Path(__file__).resolve().parents[1]
-SAVED = ROOT / 'assets' / 'layers.json'
+SAVED = ROOT / 'assets' / 'layers.json'  # AVX2, fp32
+SAVED_AMX = ROOT / 'assets' / 'layers_amx.json'  # AMX, bf16
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -81,6 +82,27 @@ def test_quick_run_writes_its_figures(tmp_path, capsys):
     assert layers.format_table(report) in capsys.readouterr().out
 
 
+def work(group):
+    """GFLOP of a group of layers' rows, forward and backward."""
+    return sum(row['forward_gflop'] + row['backward_gflop'] for row in group)
+
+
+def share_of_peak(row, report):
+    """A layer's GFLOP/s over its forward and backward, against the peak."""
+    return (work([row]) / (row['forward_ms'] + row['backward_ms']) * 1e3
+            / report['matmul_gflop_per_s'])
+
+
+def colour_and_wide(report):
+    """The rows of the two layers that touch the 3 colour channels, and of
+    the other convolutions."""
+    rows = {row['layer']: row for row in report['layers']}
+    colour = [rows['D.features.0.0'], rows['G.upsample.4']]
+    wide = [row for row in report['layers']
+            if 'Conv' in row['kind'] and row not in colour]
+    return colour, wide
+
+
 def test_experiments_readme_shows_the_committed_profile():
     report = json.loads(SAVED.read_text('utf-8'))
     assert report['batch_size'] == 128 and report['steps'] >= 48
@@ -88,23 +110,11 @@ def test_experiments_readme_shows_the_committed_profile():
     assert layers.format_table(report) in readme
     # the figures its text quotes, read off the JSON
     ms, gflop = layers.summary(report)
-    rows = {row['layer']: row for row in report['layers']}
-    colour = [rows['D.features.0.0'], rows['G.upsample.4']]  # 3 channels
-    wide = [row for row in report['layers']
-            if 'Conv' in row['kind'] and row not in colour]
-
-    def work(group):
-        return sum(row['forward_gflop'] + row['backward_gflop']
-                   for row in group)
-
-    def share_of_peak(row):
-        return (work([row]) / (row['forward_ms'] + row['backward_ms']) * 1e3
-                / report['matmul_gflop_per_s'])
-
-    shares = [share_of_peak(row) for row in wide]
+    colour, wide = colour_and_wide(report)
+    shares = [share_of_peak(row, report) for row in wide]
     colour_ms = sum(row['forward_ms'] + row['backward_ms'] for row in colour)
     hooked = report['hooked_step_ms']
-    last = rows['G.upsample.4']
+    last = colour[1]
     last_forward = layers.gflop_per_s(last['forward_gflop'],
                                       last['forward_ms'])
     quoted = [
@@ -118,3 +128,20 @@ def test_experiments_readme_shows_the_committed_profile():
     ]
     for text in quoted:
         assert text in readme, text
+
+
+def test_experiments_readme_shows_the_amx_profile():
+    """The bf16 profile on the CPU with AMX, and the shares its text gives."""
+    report = json.loads(SAVED_AMX.read_text('utf-8'))
+    assert report['batch_size'] == 128 and report['steps'] >= 48
+    assert report['precision'] == 'torch.bfloat16'
+    readme = (ROOT / 'experiments' / 'README.md').read_text('utf-8')
+    assert layers.format_table(report) in readme
+    colour, wide = colour_and_wide(report)
+    shares = [share_of_peak(row, report) for row in wide]
+    colours = [share_of_peak(row, report) for row in colour]
+    prose = ' '.join(readme.split())  # line breaks as spaces
+    for text in (f'{100 * min(shares):.0f}–{100 * max(shares):.0f}% of the '
+                 f'bfloat16 matmul peak',
+                 f'{100 * min(colours):.0f}–{100 * max(colours):.0f}%'):
+        assert text in prose, text
