@@ -66,7 +66,7 @@ from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
 # and what FACEGEN_QUICK=1 changes there (a test checks they agree).
 NOTEBOOK = dict(lr=0.0004, lr_decay=True, ema_decay=0.999, n_epochs=36,
                 n_images=None, sample_size=16, n_score=HELD_OUT_SIZE, seed=42,
-                precision='auto', print_every=50)
+                precision='fp32', print_every=50)
 QUICK = dict(n_epochs=2, n_images=512, n_score=256)
 MIN_IMAGE_SIZE = 16  # the score's image pyramid ends at 16x16
 SCRIPT_HINTS = {  # TrainingRun's advice, in this command's words
@@ -138,8 +138,8 @@ def parse_args(argv=None):
     add('--seed', type=int, metavar='N', default=default['seed'],
         help='random seed (default %(default)s)')
     add('--precision', choices=PRECISIONS, default=default['precision'],
-        help='number format of the forward passes (default %(default)s: '
-             'bf16 where the hardware runs it fast)')
+        help='number format of the forward passes (default %(default)s; '
+             'auto: bf16 where the hardware runs it fast)')
     add('--sample-size', type=int, metavar='N', default=default['sample_size'],
         help='faces of fixed noise drawn after every epoch (default '
              '%(default)s)')

@@ -14,8 +14,11 @@ on every row alike; each speed-up is the median of the per-round ratios:
   library's allocator as it comes;
 * this project's path, one change per row: faces decoded once into memory
   (facegen.faces.load_faces), then channels_last, then freed memory kept
-  for reuse (facegen.runtime.keep_freed_memory, glibc only), then the
-  precision facegen.runtime.choose_precision picks for this machine.
+  for reuse (facegen.runtime.keep_freed_memory, glibc only), then bf16
+  autocast where facegen.runtime.choose_precision picks it for this machine.
+
+The row marked default trains as the notebook does with its own settings
+(train.NOTEBOOK's precision); its figures are the report's headline.
 
 Run from the project root (see experiments/README.md):
 
@@ -44,6 +47,7 @@ from torchvision import datasets, transforms
 from tqdm.auto import tqdm
 
 import dcgan
+import train
 from experiments import reporting
 from facegen.faces import load_faces
 from facegen.fetch import is_image_name, prepare_data
@@ -74,6 +78,26 @@ def image_folder_root(data_dir):
     return data_dir
 
 
+class VisibleImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder without hidden subfolders (names starting
+    with '.'), as facegen.faces.list_faces reads a folder. ImageFolder
+    would take one for a class with no images and refuse the folder: a
+    .facegen-cache that facegen put here when it was given a subfolder of
+    this folder, or .ipynb_checkpoints."""
+
+    def find_classes(self, directory):
+        """(sorted names of the visible subfolders, name -> class index)."""
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not entry.name.startswith('.'))
+        if not classes:
+            raise FileNotFoundError(
+                f'{directory} has no subfolder of images (hidden ones left '
+                f'out); the course-recipe row reads the faces with '
+                f'ImageFolder, which needs them in one, as in '
+                f'{directory}/celeba/*.jpg.')
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
 def course_loader(data_dir, batch_size, image_size, num_workers,
                   is_valid_file=None, n_images=None):
     """The loader most student copies wrote: decode and resize every JPEG
@@ -82,8 +106,8 @@ def course_loader(data_dir, batch_size, image_size, num_workers,
     n_images it keeps, in ImageFolder's order."""
     transform = transforms.Compose([transforms.Resize(image_size),
                                     transforms.ToTensor()])
-    dataset = datasets.ImageFolder(data_dir, transform=transform,
-                                   is_valid_file=is_valid_file)
+    dataset = VisibleImageFolder(data_dir, transform=transform,
+                                 is_valid_file=is_valid_file)
     if n_images is not None:
         dataset = Subset(dataset, range(n_images))
     return DataLoader(dataset, batch_size=batch_size, shuffle=True,
@@ -381,8 +405,9 @@ def add_model_arguments(parser):
                             help='default: the course recipe, %(default)s')
     parser.add_argument('--precision', default='auto',
                         choices=('auto', 'fp32', 'bf16'),
-                        help="the project path's precision (default: chosen "
-                             "for this machine)")
+                        help="number format of the project's fast path "
+                             "(default: auto, bf16 where this machine runs "
+                             "it fast)")
 
 
 def check_rounds(parser, args):
@@ -394,8 +419,8 @@ def check_rounds(parser, args):
 
 def rows_for(amp_dtype):
     """name: Row for every row timed in rotation, in order: the course
-    recipe, then the project's path one change at a time; the last row is
-    the default path."""
+    recipe, then the project's path one change at a time, bf16 autocast
+    (amp_dtype) last where it is not None."""
     keep = can_keep_freed_memory()
     rows = {
         'course recipe, num_workers=0': Row('image_folder'),
@@ -414,10 +439,24 @@ def rows_for(amp_dtype):
     return rows
 
 
+def default_row(rows, amp_dtype):
+    """The name of the row that trains as the notebook does: the last of
+    rows (the one with every change) in the notebook's autocast dtype
+    amp_dtype (None: fp32)."""
+    names = [name for name, row in rows.items() if row.amp_dtype == amp_dtype]
+    if not names:
+        raise ValueError(
+            f'No row trains in {amp_dtype}, the precision the notebook '
+            f'uses here: run without --precision fp32, so that the bf16 '
+            f'row is timed.')
+    return names[-1]
+
+
 def run(args):
     """Measure every row; returns the report as a plain dict."""
     device = choose_device()
-    amp_dtype = choose_precision(device, args.precision)
+    amp_dtype = choose_precision(device, args.precision)  # the bf16 row's
+    notebook_dtype = choose_precision(device, train.NOTEBOOK['precision'])
     data_dir = prepare_data(args.data_dir)
     image_folder_root(data_dir)  # fails before the long parts
     # Enough images for every timed step to see new data, at most all.
@@ -431,7 +470,7 @@ def run(args):
     epoch_images = (FULL_EPOCH_IMAGES if not args.quick
                     else len(decoded.dataset))
     rows = rows_for(amp_dtype)
-    default_name = list(rows)[-1]
+    default_name = default_row(rows, notebook_dtype)
 
     flops = train_flops_per_image(args, device)
     peaks = {None: matmul_flops_per_s(device, torch.float32)}

@@ -110,6 +110,25 @@ def test_the_course_rows_need_the_faces_in_subfolders(tmp_path):
         benchmark.image_folder_root(tmp_path / 'flat')
 
 
+def test_the_course_rows_leave_hidden_folders_out(tmp_path):
+    """A cache that facegen left inside the data folder (when it was once
+    given the images' subfolder) is neither a class nor an error."""
+    write_jpegs(tmp_path / 'faces' / 'celeba', 4)
+    (tmp_path / 'faces' / '.facegen-cache' / 'metrics').mkdir(parents=True)
+    (tmp_path / 'faces' / '.ipynb_checkpoints').mkdir()
+    loader = benchmark.course_loader(tmp_path / 'faces', 2, 16, 0)
+    assert loader.dataset.classes == ['celeba']
+    assert len(loader.dataset) == 4
+    images, _ = next(iter(loader))
+    assert images.shape == (2, 3, 16, 16)
+
+
+def test_the_course_rows_need_a_visible_subfolder(tmp_path):
+    (tmp_path / 'faces' / '.facegen-cache').mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match='no subfolder of images'):
+        benchmark.course_loader(tmp_path / 'faces', 2, 16, 0)
+
+
 ASSETS = Path(benchmark.__file__).resolve().parents[1] / 'assets'
 
 
@@ -145,8 +164,24 @@ def test_the_allocator_row_is_there_only_where_it_can_be(monkeypatch, glibc):
     kept = [name for name in names if rows[name].keep_memory]
     assert bool(kept) == glibc
     assert all('freed memory kept' in name for name in kept)
-    assert rows[names[-1]].amp_dtype == torch.bfloat16  # the default path
+    assert rows[names[-1]].amp_dtype == torch.bfloat16  # every change
     assert rows[names[-1]].keep_memory == glibc
+
+
+@pytest.mark.parametrize('notebook', [None, torch.bfloat16])
+def test_the_default_row_trains_in_the_notebooks_precision(notebook):
+    rows = benchmark.rows_for(torch.bfloat16)
+    name = benchmark.default_row(rows, notebook)
+    assert rows[name].amp_dtype == notebook
+    fastest_of_its_kind = [row for row in rows.values()
+                           if row.amp_dtype == notebook][-1]
+    assert rows[name] == fastest_of_its_kind
+    assert rows[name].channels_last
+
+
+def test_a_default_row_that_was_not_timed_is_an_error():
+    with pytest.raises(ValueError, match='without --precision fp32'):
+        benchmark.default_row(benchmark.rows_for(None), torch.bfloat16)
 
 
 class FakeConn:
