@@ -18,13 +18,17 @@ on every row alike; each speed-up is the median of the per-round ratios:
   autocast where facegen.runtime.choose_precision picks it for this machine.
 
 The row marked default trains as the notebook does with its own settings
-(train.NOTEBOOK's precision); its figures are the report's headline.
+(train.NOTEBOOK's precision); its figures are the report's headline. With
+--tried, the changes in TRIED (torch.compile, Adam's fused kernel) are
+timed on top of the default row as well, each in the rotation and set
+against the default round by round: what was tried and left out.
 
 Run from the project root (see experiments/README.md):
 
     python -m experiments.benchmark          # the table; 1-2 minutes on 2 cores
     python -m experiments.benchmark --json assets/benchmark.json  # + figures
     python -m experiments.benchmark --quick  # a few steps: does it run (CI)
+    python -m experiments.benchmark --tried  # + the changes left out
 """
 import argparse
 import contextlib
@@ -37,7 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -118,12 +122,24 @@ def course_loader(data_dir, batch_size, image_size, num_workers,
 class Row:
     """How one row trains: which loader (the course's 'image_folder', or
     'decoded' once), its worker processes, the autocast dtype (None: fp32),
-    the memory layout and whether freed memory is kept for reuse."""
+    the memory layout, whether freed memory is kept for reuse, and two
+    changes tried on top (--tried): both networks through torch.compile,
+    and Adam's fused kernel."""
     loader: str
     workers: int = 0
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     keep_memory: bool = False
+    compiled: bool = False
+    fused_adam: bool = False
+
+
+# Changes tried on the default row that it does without (--tried): the name
+# they add to its name, and the Row fields they set.
+TRIED = {
+    'torch.compile': dict(compiled=True),
+    'fused Adam': dict(fused_adam=True),
+}
 
 
 def row_loader(row, args, data_dir, n_images):
@@ -146,8 +162,7 @@ def serve_row(conn, row, args, data_dir, n_images, device):
             if row.keep_memory:
                 keep_freed_memory()
             loader = row_loader(row, args, data_dir, n_images)
-            step = make_stepper(loader, args, device, row.amp_dtype,
-                                row.channels_last)
+            step = make_stepper(loader, args, device, row)
         conn.send(('ready', None))
         while (n_steps := conn.recv()) is not None:
             conn.send(('timed', time_segment(step, n_steps, args.batch_size,
@@ -212,15 +227,20 @@ class RowProcess:
         self.conn.close()
 
 
-def build_models(args, device, channels_last):
+def build_models(args, device, channels_last, fused_adam=False):
     """The course model, built as in the notebook, with its two optimizers
-    (the course's learning rate and betas)."""
+    (the course's learning rate and betas; with fused_adam, Adam's fused
+    kernel instead of the notebook's build_optimizers)."""
     D, G = dcgan.build_networks(args.z_size, args.conv_dim, args.image_size,
                                 device)
     if not channels_last:
         for net in (D, G):
             net.to(memory_format=torch.contiguous_format)
     betas = (COURSE['beta1'], COURSE['beta2'])
+    if fused_adam:
+        return (D, G, *(torch.optim.Adam(net.parameters(), lr=COURSE['lr'],
+                                         betas=betas, fused=True)
+                        for net in (D, G)))
     return (D, G, *dcgan.build_optimizers(D, G, COURSE['lr'], betas))
 
 
@@ -232,13 +252,17 @@ def batches(loader):
             yield images
 
 
-def make_stepper(loader, args, device, amp_dtype, channels_last):
-    """A fresh course model with its optimizers, and a function that runs one
-    full training step of it (data loading included) on the next batch of
-    loader."""
+def make_stepper(loader, args, device, row):
+    """A fresh course model with its optimizers, set up as row says, and a
+    function that runs one full training step of it (data loading
+    included) on the next batch of loader."""
     torch.manual_seed(0)
-    D, G, d_opt, g_opt = build_models(args, device, channels_last)
-    memory_format = (torch.channels_last if channels_last
+    D, G, d_opt, g_opt = build_models(args, device, row.channels_last,
+                                      row.fused_adam)
+    if row.compiled:  # compiles during the warm-up steps, off the clock
+        D, G = torch.compile(D), torch.compile(G)
+    amp_dtype = row.amp_dtype
+    memory_format = (torch.channels_last if row.channels_last
                      else torch.contiguous_format)
     stream = batches(loader)
 
@@ -386,6 +410,10 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='3 steps per row (3 rounds) at batch 32: checks '
                              'that everything runs')
+    parser.add_argument('--tried', action='store_true',
+                        help='also time the changes tried on the default '
+                             'path that it does without (TRIED), each in '
+                             'the rotation')
     parser.add_argument('--json', type=Path,
                         help='write the figures to this file (the committed '
                              'ones: assets/benchmark.json)')
@@ -452,6 +480,12 @@ def default_row(rows, amp_dtype):
     return names[-1]
 
 
+def tried_rows(rows, default_name):
+    """name: Row for each change in TRIED, made to the default row."""
+    return {f'{default_name}, {label}': replace(rows[default_name], **change)
+            for label, change in TRIED.items()}
+
+
 def run(args):
     """Measure every row; returns the report as a plain dict."""
     device = choose_device()
@@ -471,6 +505,7 @@ def run(args):
                     else len(decoded.dataset))
     rows = rows_for(amp_dtype)
     default_name = default_row(rows, notebook_dtype)
+    tried = tried_rows(rows, default_name) if args.tried else {}
 
     flops = train_flops_per_image(args, device)
     peaks = {None: matmul_flops_per_s(device, torch.float32)}
@@ -490,7 +525,8 @@ def run(args):
                         Row('image_folder', workers=2))
         workers_rate, workers_peak = workers(args.steps)
         workers.close()  # ends its worker processes before the other rows
-        segments = {name: start(name, row) for name, row in rows.items()}
+        segments = {name: start(name, row)
+                    for name, row in {**rows, **tried}.items()}
         rates, peak_mb = time_interleaved(segments, args)
     course_rates = rates['course recipe, num_workers=0']
 
@@ -506,6 +542,13 @@ def run(args):
 
     results = [row(name, rates[name], peak_mb[name], spec.amp_dtype)
                for name, spec in rows.items()]
+    tried_results = []
+    for name, spec in tried.items():
+        result = row(name, rates[name], peak_mb[name], spec.amp_dtype)
+        ratios = round_speedups(rates[name], rates[default_name])
+        result.update(vs_default=statistics.median(ratios),
+                      vs_default_min=min(ratios), vs_default_max=max(ratios))
+        tried_results.append(result)
     results.insert(1, row('course recipe, num_workers=2', [workers_rate],
                           workers_peak, None))
     default = next(row for row in results if row['default'])
@@ -522,7 +565,7 @@ def run(args):
         'cache_build_s': cache_build_s, 'cache_load_s': cache_load_s,
         **{key: default[key] for key in ('speedup', 'img_per_s', 'epoch_s',
                                          'peak_rss_mb', 'flop_fraction')},
-        'rows': results,
+        'rows': results, 'tried': tried_results,
     }
 
 
@@ -539,6 +582,12 @@ def format_table(report):
                      f"{row['epoch_s']:.1f} | {row['speedup']:.2f}x{spread} | "
                      f"{row['flop_fraction']:.0%} | "
                      f"{row['peak_rss_mb']:,.0f} |")
+    if report.get('tried'):  # measured with --tried
+        lines += ['', '| tried on the default path | images/s | against the '
+                  'default (range over rounds) |', '|---|---:|---:|']
+        lines += [f"| {row['name']} | {row['img_per_s']:,.0f} | "
+                  f"{row['vs_default']:.2f}x ({row['vs_default_min']:.2f}-"
+                  f"{row['vs_default_max']:.2f}) |" for row in report['tried']]
     where = report['gpu'] or f"{report['cpu']}, {report['threads']} threads"
     peaks = ', '.join(f'{k.replace("torch.", "")} {v:,.0f}'
                       for k, v in report['matmul_gflop_per_s'].items())

@@ -2,6 +2,7 @@
 figure; the interleaved timing keeps a drifting machine out of the
 speed-ups."""
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,8 +143,10 @@ def test_readme_tables_are_the_committed_benchmarks(figures):
     readme = (ASSETS.parent / 'experiments' / 'README.md').read_text()
     table = [line for line in benchmark.format_table(report).splitlines()
              if line.startswith('|')]
-    assert len(table) == 2 + len(report['rows'])
-    for line in table[2:]:
+    tried = report.get('tried', [])  # its own table, headed, when measured
+    tried_lines = 2 + len(tried) if tried else 0
+    assert len(table) == 2 + len(report['rows']) + tried_lines
+    for line in table:
         assert line in readme, (
             f'experiments/README.md speed table differs from '
             f'{figures.name}: {line}')
@@ -177,6 +180,52 @@ def test_the_default_row_trains_in_the_notebooks_precision(notebook):
                            if row.amp_dtype == notebook][-1]
     assert rows[name] == fastest_of_its_kind
     assert rows[name].channels_last
+
+
+def test_each_tried_row_is_the_default_row_with_one_change():
+    rows = benchmark.rows_for(torch.bfloat16)
+    default = benchmark.default_row(rows, None)
+    tried = benchmark.tried_rows(rows, default)
+    assert len(tried) == len(benchmark.TRIED)
+    for (name, row), change in zip(tried.items(), benchmark.TRIED.values()):
+        assert name.startswith(default + ', ')
+        assert row != rows[default]
+        assert replace(row, **{key: getattr(rows[default], key)
+                               for key in change}) == rows[default]
+
+
+def test_quick_benchmark_times_the_tried_rows_against_the_default(
+        tmp_path, monkeypatch):
+    """Each tried row is timed in the rotation and set against the default
+    row round by round (torch.compile left out here: it compiles for
+    minutes on a small CPU)."""
+    monkeypatch.setattr(benchmark, 'TRIED',
+                        {'fused Adam': dict(fused_adam=True)})
+    data_dir = tmp_path / 'faces'
+    write_jpegs(data_dir / 'celeba', 160)
+    out = tmp_path / 'bench.json'
+    benchmark.main(['--quick', '--tried', '--data-dir', str(data_dir),
+                    '--json', str(out)])
+    report = json.loads(out.read_text())
+    default = next(row for row in report['rows'] if row['default'])
+    [tried] = report['tried']
+    assert tried['name'] == default['name'] + ', fused Adam'
+    assert not tried['default']
+    assert (tried['vs_default_min'] <= tried['vs_default']
+            <= tried['vs_default_max'])
+    assert tried['vs_default'] > 0
+    assert f"| {tried['name']} |" in benchmark.format_table(report)
+
+
+def test_a_compiled_row_trains(tmp_path):
+    """make_stepper runs a torch.compile row's steps (a tiny model)."""
+    write_jpegs(tmp_path / 'faces' / 'celeba', 8)
+    loader = benchmark.course_loader(tmp_path / 'faces', 4, 16, 0)
+    args = SimpleNamespace(batch_size=4, image_size=16, warmup=1, conv_dim=4,
+                           z_size=4)
+    row = benchmark.Row('image_folder', compiled=True, fused_adam=True)
+    step = benchmark.make_stepper(loader, args, torch.device('cpu'), row)
+    step()
 
 
 def test_a_default_row_that_was_not_timed_is_an_error():
