@@ -261,7 +261,6 @@ def make_stepper(loader, args, device, row):
                                       row.fused_adam)
     if row.compiled:  # compiles during the warm-up steps, off the clock
         D, G = torch.compile(D), torch.compile(G)
-    amp_dtype = row.amp_dtype
     memory_format = (torch.channels_last if row.channels_last
                      else torch.contiguous_format)
     stream = batches(loader)
@@ -270,7 +269,7 @@ def make_stepper(loader, args, device, row):
         images = next(stream).to(device, memory_format=memory_format,
                                  non_blocking=True)
         dcgan.train_step(D, G, d_opt, g_opt, images, args.z_size, smooth=True,
-                         amp_dtype=amp_dtype)
+                         amp_dtype=row.amp_dtype)
 
     for _ in range(args.warmup):
         step()

@@ -197,8 +197,9 @@ def test_each_tried_row_is_the_default_row_with_one_change():
 def test_quick_benchmark_times_the_tried_rows_against_the_default(
         tmp_path, monkeypatch):
     """Each tried row is timed in the rotation and set against the default
-    row round by round (torch.compile left out here: it compiles for
-    minutes on a small CPU)."""
+    row round by round (torch.compile left out here, where it would
+    compile the full-size course model in every run of the suite;
+    test_a_compiled_row_trains runs it on a tiny one)."""
     monkeypatch.setattr(benchmark, 'TRIED',
                         {'fused Adam': dict(fused_adam=True)})
     data_dir = tmp_path / 'faces'
