@@ -143,12 +143,13 @@ def weights_init_normal(m):
 
 def build_networks(z_size, conv_dim, image_size, device):
     """D and G, initialised with weights_init_normal, on device in
-    channels_last."""
+    channels_last; G's output layer computes in fp32 under autocast."""
     D = Discriminator(conv_dim, image_size)
     G = Generator(z_size, conv_dim, image_size)
     for net in (D, G):
         net.apply(weights_init_normal)
         net.to(device, memory_format=torch.channels_last)
+    helpers.output_layer_in_fp32(G)  # in bf16 runs: the pixels in fp32
     return D, G
 
 

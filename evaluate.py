@@ -24,7 +24,8 @@ import torch
 
 import dcgan
 from facegen import score
-from facegen.faces import HELD_OUT_SIZE, load_faces, metrics_cache_dir
+from facegen.faces import (HELD_OUT_SIZE, held_out_fingerprint, load_faces,
+                           metrics_cache_dir)
 from facegen.fetch import prepare_data
 from facegen.files import CheckpointError
 from facegen.run import load_generator
@@ -78,6 +79,26 @@ def parse_args(argv=None):
     return args
 
 
+def check_held_out(info, data_dir, weights):
+    """True when the generator was trained without data_dir's held-out
+    faces, None when it was saved without a record of them; else warn on
+    stderr that the score may flatter it, and return False. The faces named
+    are still the ones compared."""
+    if info['held_out'] is None:
+        return None
+    if info['held_out'] == held_out_fingerprint(data_dir):
+        return True
+    print(f'Warning: {weights} was trained with other faces held out than '
+          f'the held-out faces of {data_dir}. If it trained on these faces '
+          f'from another folder level (e.g. processed_celeba_small/ rather '
+          f'than its subfolder celeba/, whose file names split differently), '
+          f'some faces compared below are faces it trained on and the score '
+          f'flatters it: give --real the folder or zip it trained on. If it '
+          f'never saw these faces, --split all compares with all of them.',
+          file=sys.stderr)
+    return False
+
+
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
@@ -86,6 +107,7 @@ def main(argv=None):
     data_dir = prepare_data(args.data_dir, source=args.real)
     real = load_faces(data_dir, size, split=args.split)  # (M, 3, S, S) uint8
     if args.split == 'held_out':
+        as_trained = check_held_out(info, data_dir, args.weights)
         train = load_faces(data_dir, size, split='train')
         result, fake = score.full_report(
             G,
@@ -97,10 +119,12 @@ def main(argv=None):
         )
     else:
         result, fake = score.score_generator(G, z_size, real, n=args.n)
+        as_trained = None  # every image: no split to check
     result.update(
         weights=args.weights,
         real=args.real,
         split=args.split,
+        held_out_as_trained=as_trained,
         image_size=size,
         seconds=round(time.perf_counter() - started, 1),
         cpu=cpu_type(),

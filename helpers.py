@@ -10,7 +10,8 @@ Nothing here imports the notebook or its exercise code (dcgan.py).
 from facegen.settings import check_config, live_progress, quick_mode
 from facegen.runtime import (choose_device, choose_precision,
                              count_parameters, cpu_name, cpu_type,
-                             keep_freed_memory, seed_everything)
+                             keep_freed_memory, output_layer_in_fp32,
+                             seed_everything)
 
 # Data: fetch the faces, decode them once into a cached uint8 tensor, and
 # keep 2,600 of them aside (held out) for the score
@@ -46,14 +47,15 @@ from facegen.report import results_table, run_figures, write_figures
 __all__ = [
     'check_config', 'live_progress', 'quick_mode', 'choose_device',
     'choose_precision', 'count_parameters', 'cpu_name', 'cpu_type',
-    'keep_freed_memory', 'seed_everything', 'prepare_data', 'HELD_OUT_SIZE',
-    'count_images', 'is_training_file', 'load_faces', 'metrics_cache_dir',
-    'split_files', 'CheckpointError', 'load_checkpoint', 'save_checkpoint',
-    'TrainingRun', 'kept_generator', 'load_generator', 'save_generator',
-    'plot_losses', 'plot_scores', 'samples_over_epochs', 'save_image_grid',
-    'save_samples_gif', 'show_gif', 'show_images', 'show_nearest_pairs',
-    'generate', 'latent_path', 'recalibrate_batch_norm', 'sample_faces',
-    'seeded_z', 'to_uint8', 'nearest_pairs', 'describe', 'epoch_scorer',
-    'full_report', 'real_floor', 'explore', 'interpolation_grid',
-    'results_table', 'run_figures', 'write_figures',
+    'keep_freed_memory', 'output_layer_in_fp32', 'seed_everything',
+    'prepare_data', 'HELD_OUT_SIZE', 'count_images', 'is_training_file',
+    'load_faces', 'metrics_cache_dir', 'split_files', 'CheckpointError',
+    'load_checkpoint', 'save_checkpoint', 'TrainingRun', 'kept_generator',
+    'load_generator', 'save_generator', 'plot_losses', 'plot_scores',
+    'samples_over_epochs', 'save_image_grid', 'save_samples_gif', 'show_gif',
+    'show_images', 'show_nearest_pairs', 'generate', 'latent_path',
+    'recalibrate_batch_norm', 'sample_faces', 'seeded_z', 'to_uint8',
+    'nearest_pairs', 'describe', 'epoch_scorer', 'full_report', 'real_floor',
+    'explore', 'interpolation_grid', 'results_table', 'run_figures',
+    'write_figures',
 ]

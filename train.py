@@ -66,7 +66,7 @@ from facegen.settings import (COURSE, DATA_ENV, DEFAULT_DATA_DIR,
 # and what FACEGEN_QUICK=1 changes there (a test checks they agree).
 NOTEBOOK = dict(lr=0.0004, lr_decay=True, ema_decay=0.999, n_epochs=36,
                 n_images=None, sample_size=16, n_score=HELD_OUT_SIZE, seed=42,
-                precision='fp32', print_every=50)
+                precision='auto', print_every=50)
 QUICK = dict(n_epochs=2, n_images=512, n_score=256)
 MIN_IMAGE_SIZE = 16  # the score's image pyramid ends at 16x16
 SCRIPT_HINTS = {  # TrainingRun's advice, in this command's words
@@ -488,7 +488,8 @@ def publish(out, generator, config, held_out, train_faces, data_dir):
     save_image_grid(fake[:GRID_SIZE], out / 'generated_faces.png',
                     value_range=(0, 255))  # fake: (n, 3, S, S) uint8
     save_generator(out / 'generator.pt', generator, {key: config[key] for key
-                   in ('z_size', 'conv_dim', 'image_size')}, result)
+                   in ('z_size', 'conv_dim', 'image_size')}, result,
+                   data_dir=data_dir)
     return result
 
 

@@ -459,7 +459,7 @@ def rows_for(amp_dtype):
         rows['decoded once, fp32, channels_last, freed memory kept'] = Row(
             'decoded', channels_last=True, keep_memory=True)
     if amp_dtype is not None:
-        name = 'decoded once, bf16 autocast, channels_last'
+        name = 'decoded once, bf16 autocast (G output fp32), channels_last'
         rows[name + (', freed memory kept' if keep else '')] = Row(
             'decoded', amp_dtype=amp_dtype, channels_last=True,
             keep_memory=keep)

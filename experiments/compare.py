@@ -161,7 +161,8 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
            'epochs': round(steps / len(loader), 2), 'cpu_s': budget_s,
            'wall_s': round(wall, 1), 'seed': args.seed, **score}
     out_dir = Path(args.out_dir)
-    save_generator(out_dir / f'{name}.pt', scored, generator_config, row)
+    save_generator(out_dir / f'{name}.pt', scored, generator_config, row,
+                   data_dir=data['dir'])
     # one line per variant, kept if a later one fails
     append_jsonl(row, out_dir / 'results.jsonl')
     print(f"{name:>10}: SWD {row['swd']:6.2f}, memorisation "

@@ -26,7 +26,8 @@ from experiments import reporting
 from experiments.benchmark import (build_models, matmul_flops_per_s,
                                    synchronize, train_flops_per_image)
 from facegen.faces import HELD_OUT_SIZE
-from facegen.runtime import choose_device, choose_precision, cpu_type
+from facegen.runtime import (choose_device, choose_precision, cpu_type,
+                             precision_label)
 from facegen.settings import COURSE
 
 COURSE_TRAINING_FACES = 32_600 - HELD_OUT_SIZE  # the notebook's epoch
@@ -90,7 +91,7 @@ def run(args):
         'machine': (torch.cuda.get_device_name(device)
                     if device.type == 'cuda' else cpu_type()),
         'threads': torch.get_num_threads(),
-        'precision': 'fp32' if amp_dtype is None else 'bf16 autocast',
+        'precision': precision_label(amp_dtype),
         'torch': torch.__version__, 'python': platform.python_version(),
         'batch_size': args.batch_size, 'steps': args.steps,
         'quick': args.quick,

@@ -49,7 +49,8 @@ from facegen.metrics import append_jsonl
 from facegen.run import (after_every_step, kept_generator, linear_decay,
                          weight_average)
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
-                             keep_freed_memory, seed_everything)
+                             keep_freed_memory, precision_label,
+                             seed_everything)
 from facegen.score import epoch_scorer, real_floor
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
 
@@ -85,7 +86,7 @@ def train_recipe(name, seed, data, args, device, log):
     average = weight_average(G, settings['ema_decay'])
     after_step = after_every_step(schedulers, G, average)
     run = {'recipe': name, 'seed': seed,
-           'precision': 'fp32' if amp_dtype is None else 'bf16 autocast',
+           'precision': precision_label(amp_dtype),
            'epochs': []}
     wall = cpu = 0.0
     for epoch in range(1, settings['n_epochs'] + 1):

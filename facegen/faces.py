@@ -115,6 +115,16 @@ def is_training_file(data_dir):
     return is_training
 
 
+def held_out_fingerprint(data_dir):
+    """12 hex digits naming data_dir's held-out split: the same for the same
+    held-out file names, different when the folder given splits otherwise
+    (its subfolder celeba/ ranks its images by other names and holds out
+    other faces). save_generator keeps it; evaluate.py compares."""
+    names = split_files(list_faces(data_dir), 'held_out')
+    text = '\n'.join(names)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
 def _cache_key(data_dir, files, image_size, n_images):
     """12 hex digits that change when any listed file is added, removed,
     resized or touched, or when image_size, n_images or the format change."""

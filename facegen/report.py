@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write
-from .runtime import cpu_type
+from .runtime import cpu_type, precision_label
 
 
 def run_figures(config, result, scores, seconds, epoch_floor, device,
@@ -22,7 +22,7 @@ def run_figures(config, result, scores, seconds, epoch_floor, device,
     return {
         'config': dict(config),
         'machine': machine, 'threads': torch.get_num_threads(),
-        'precision': 'fp32' if amp_dtype is None else 'bf16 autocast',
+        'precision': precision_label(amp_dtype),
         'torch': torch.__version__, 'python': platform.python_version(),
         'epoch_seconds': [round(s, 1) for s in seconds],
         'train_seconds': round(sum(seconds), 1),

@@ -12,6 +12,7 @@ import torch
 from torch import nn, optim
 from torch.optim.swa_utils import AveragedModel
 
+from .faces import held_out_fingerprint
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .plots import save_image_grid
 from .sampling import generate, recalibrate_batch_norm
@@ -280,20 +281,25 @@ class TrainingRun:
             self.fixed_z, self.samples, self.scores, self.seconds))
 
 
-def save_generator(path, G, config, score=None):
-    """Publish a trained generator: {'state_dict', 'config', 'score'}, where
-    config holds the Generator's keyword arguments (a plain dict) and score
-    the plain-number results it was published with. Written atomically."""
+def save_generator(path, G, config, score=None, data_dir=None):
+    """Publish a trained generator: {'state_dict', 'config', 'score',
+    'held_out'}, where config holds the Generator's keyword arguments (a
+    plain dict), score the plain-number results it was published with, and
+    held_out the fingerprint of data_dir's held-out faces (None without
+    data_dir), which evaluate.py checks. Written atomically."""
     state = {'state_dict': {name: value.detach().cpu()
                             for name, value in G.state_dict().items()},
-             'config': dict(config), 'score': score}
+             'config': dict(config), 'score': score,
+             'held_out': (None if data_dir is None
+                          else held_out_fingerprint(data_dir))}
     return save_checkpoint(path, state)
 
 
 def load_generator(path, generator_class, device='cpu'):
     """The generator saved by save_generator, built with
     generator_class(**config), its weights loaded (weights_only), on device
-    and in eval mode. Returns (G, info), info = {'config', 'score'}."""
+    and in eval mode. Returns (G, info), info = {'config', 'score',
+    'held_out'} (held_out: None when it was saved without one)."""
     state = load_checkpoint(path, map_location='cpu')
     missing = [key for key in GENERATOR_KEYS if key not in state]
     if missing:
@@ -309,5 +315,6 @@ def load_generator(path, generator_class, device='cpu'):
         raise CheckpointError(
             f'The weights in {path} do not fit {generator_class.__name__}'
             f'(**{state["config"]}): {err}'.splitlines()[0]) from err
-    return G.to(device).eval(), {key: state[key] for key in ('config',
-                                                              'score')}
+    info = {key: state[key] for key in ('config', 'score')}
+    info['held_out'] = state.get('held_out')
+    return G.to(device).eval(), info

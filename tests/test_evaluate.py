@@ -21,7 +21,8 @@ import dcgan  # noqa: E402
 import evaluate  # noqa: E402
 import helpers  # noqa: E402
 from facegen import metrics, run, score  # noqa: E402
-from facegen.faces import held_out_count  # noqa: E402
+from facegen.faces import (held_out_count, held_out_fingerprint,  # noqa: E402
+                           list_faces)
 from test_metrics import blurred, smooth_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,12 +141,13 @@ def published(tmp_path):
 def test_generator_round_trip(published):
     G, path = published
     loaded, info = helpers.load_generator(path, dcgan.Generator)
-    assert info == {'config': SMALL_G, 'score': {'swd': 1.5}}
+    assert info == {'config': SMALL_G, 'score': {'swd': 1.5},
+                    'held_out': None}
     assert not loaded.training
     z = torch.randn(3, SMALL_G['z_size'])
     assert torch.equal(helpers.generate(G, z), helpers.generate(loaded, z))
     keys = set(torch.load(path, weights_only=True))
-    assert keys == set(run.GENERATOR_KEYS)
+    assert keys == {*run.GENERATOR_KEYS, 'held_out'}
 
 
 def test_training_checkpoint_is_not_a_published_generator(tmp_path):
@@ -295,6 +297,68 @@ def test_evaluate_script_names_a_missing_weights_file(face_folder, tmp_path):
                 str(tmp_path / 'nothing.pt'),
             ]
         )
+
+
+def test_the_held_out_fingerprint_follows_the_names_held_out(tmp_path):
+    from conftest import write_jpegs
+
+    write_jpegs(tmp_path / 'a' / 'celeba', 40)
+    write_jpegs(tmp_path / 'b' / 'celeba', 40, seed=5)  # other pixels
+    write_jpegs(tmp_path / 'c' / 'celeba', 50)  # 5 held out, not 4
+    fingerprint = held_out_fingerprint
+    assert fingerprint(tmp_path / 'a') == fingerprint(tmp_path / 'b')
+    assert fingerprint(tmp_path / 'a') != fingerprint(tmp_path / 'c')
+    # The subfolder ranks its images by other names: other faces held out.
+    assert (helpers.split_files(list_faces(tmp_path / 'a'), 'held_out')
+            != ['celeba/' + name for name in helpers.split_files(
+                list_faces(tmp_path / 'a' / 'celeba'), 'held_out')])
+    assert fingerprint(tmp_path / 'a') != fingerprint(tmp_path / 'a' /
+                                                      'celeba')
+
+
+@pytest.fixture
+def trained_on_the_course_folder(face_folder, tmp_path):
+    """A generator published as the notebook publishes it, after training
+    on face_folder (processed_celeba_small/, holding celeba/)."""
+    torch.manual_seed(0)
+    G = dcgan.Generator(**SMALL_G)
+    return helpers.save_generator(tmp_path / 'generator.pt', G, SMALL_G,
+                                  {'swd': 1.5}, data_dir=face_folder)
+
+
+def test_evaluate_is_quiet_on_the_folder_the_generator_trained_on(
+        trained_on_the_course_folder, face_folder, capsys):
+    weights = str(trained_on_the_course_folder)
+    assert (helpers.load_generator(weights, dcgan.Generator)[1]['held_out']
+            == held_out_fingerprint(face_folder))
+    result = evaluate.main(['--real', str(face_folder), '--weights', weights])
+    assert result['held_out_as_trained'] is True
+    assert 'Warning' not in capsys.readouterr().err
+
+
+def test_evaluate_warns_when_the_held_out_faces_may_be_training_faces(
+        trained_on_the_course_folder, face_folder, capsys):
+    """Reported: --real processed_celeba_small/celeba held out other faces
+    than training did, most of them faces the generator trained on, and the
+    score flattered it without a word."""
+    weights = str(trained_on_the_course_folder)
+    subfolder = face_folder / 'celeba'
+    result = evaluate.main(['--real', str(subfolder), '--weights', weights])
+    warning = capsys.readouterr().err
+    assert 'was trained with other faces held out than' in warning
+    assert str(subfolder) in warning and '--split all' in warning
+    # The folder named is still the one scored, and the JSON says so.
+    assert result['real'] == str(subfolder) and result['n'] == 4
+    assert result['held_out_as_trained'] is False
+
+
+def test_evaluate_cannot_check_a_generator_saved_without_its_data(
+        published, face_folder, capsys):
+    _, weights = published
+    result = evaluate.main(['--real', str(face_folder), '--weights',
+                            str(weights)])
+    assert result['held_out_as_trained'] is None
+    assert 'Warning' not in capsys.readouterr().err
 
 
 # --- where users stand: a checkout that already holds the course folder -------

@@ -59,7 +59,8 @@ def test_every_leaf_layer_is_timed_and_times_fit_in_the_step(capsys):
     assert gflop > 0 and report['matmul_gflop_per_s'] > 0
     kinds = {row['layer']: row['kind'] for row in report['layers']}
     assert kinds['D.features.0.0'] == 'Conv2d 3→8, 32→16 px'
-    assert kinds['G.upsample.4'] == 'ConvTranspose2d 8→3, 16→32 px'
+    # the generator's output layer, in float32 under autocast
+    assert kinds['G.upsample.4'] == 'Float32ConvTranspose2d 8→3, 16→32 px'
     assert kinds['D.classify'] == 'Linear 512→1'
 
 

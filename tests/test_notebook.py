@@ -1,12 +1,17 @@
 """The committed notebook is set up so that nbval really checks every
 exercise."""
 
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 import dcgan
 import helpers
 from conftest import notebook_cells
+from facegen.faces import held_out_fingerprint
+from facegen.settings import DATA_ENV, DEFAULT_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,3 +109,15 @@ def test_result_pictures_are_committed():
         'interpolation.png',
     ):
         assert (ROOT / 'assets' / name).stat().st_size > 1000, name
+
+
+def test_published_generator_knows_the_faces_held_out_from_it():
+    """evaluate.py warns when a generator is scored against other held-out
+    faces than its training left out; assets/generator.pt must carry the
+    fingerprint of the course folder's, the folder the notebook trains on."""
+    if not (os.environ.get(DATA_ENV) or Path(DEFAULT_DATA_DIR).is_dir()):
+        pytest.skip(f'no course data here and no {DATA_ENV}: nothing to '
+                    f'compare with')
+    _, info = helpers.load_generator(ROOT / 'assets' / 'generator.pt',
+                                     dcgan.Generator)
+    assert info['held_out'] == held_out_fingerprint(helpers.prepare_data())

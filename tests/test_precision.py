@@ -1,15 +1,19 @@
-"""Tests for helpers.choose_precision and the CPU facts it relies on.
+"""Tests for helpers.choose_precision and the CPU facts it relies on, and
+for helpers.output_layer_in_fp32.
 
 The timing is replaced by fakes wherever the decision is tested, so the
 outcome does not depend on this machine's CPU or load; one test runs the real
 (small) measurement.
 """
 
+import copy
 import warnings
 
 import pytest
 import torch
+from torch import nn
 
+import dcgan
 import helpers
 from facegen import runtime
 
@@ -184,3 +188,153 @@ def test_without_cpuinfo(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.platform, 'processor', lambda: '')
     assert runtime._cpu_flags() == set()
     assert helpers.cpu_name() == 'unknown CPU'
+
+
+def layer_dtypes(net):
+    """Record the output dtype of every conv and linear layer of net when it
+    runs, in order (under bf16 autocast: bfloat16 where the layer computed
+    in bf16); returns the list it fills."""
+    seen = []
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            module.register_forward_hook(
+                lambda m, inputs, out: seen.append(out.dtype))
+    return seen
+
+
+class LearnerGenerator(nn.Module):
+    """A generator written another way: no Sequential, a bias-free
+    transposed conv, then a 1x1 conv that makes the 3 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16 * 4 * 4)
+        self.up = nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False)
+        self.to_rgb = nn.Conv2d(8, 3, 1)
+
+    def forward(self, z):
+        x = self.fc(z).view(-1, 16, 4, 4)
+        return torch.tanh(self.to_rgb(torch.relu(self.up(x))))
+
+
+def small_generator():
+    torch.manual_seed(0)
+    return dcgan.build_networks(8, 8, 16, 'cpu')[1]
+
+
+@pytest.mark.parametrize('make', [small_generator, LearnerGenerator])
+def test_the_output_layer_computes_in_fp32_under_bf16_autocast(make):
+    G = make()
+    if make is LearnerGenerator:
+        helpers.output_layer_in_fp32(G)
+    seen = layer_dtypes(G)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        images = G(torch.randn(4, 8))
+        assert torch.is_autocast_enabled('cpu')  # the layers after it
+    assert images.dtype == torch.float32
+    assert seen[-1] == torch.float32
+    assert set(seen[:-1]) == {torch.bfloat16}, seen
+
+
+def test_fp32_runs_are_unchanged_to_the_bit():
+    G = small_generator()  # build_networks applied it
+    plain = LearnerGenerator()
+    z = torch.randn(4, 8)
+    expected = (G(z), plain(z))
+    helpers.output_layer_in_fp32(plain)
+    assert torch.equal(G(z), expected[0])
+    assert torch.equal(plain(z), expected[1])
+
+
+def test_gradients_reach_every_layer_in_fp32():
+    G = small_generator()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = G(torch.randn(4, 8)).square().mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               and torch.isfinite(p.grad).all() for p in G.parameters())
+
+
+def test_autocast_is_back_on_after_a_failed_forward():
+    G = small_generator()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            G.upsample[-2](torch.randn(2, 5, 4, 4))  # 5 channels, not 8
+        assert torch.is_autocast_enabled('cpu')
+        assert G(torch.randn(2, 8)).dtype == torch.float32  # works again
+
+
+def test_a_copy_of_G_computes_with_its_own_weights():
+    """The weight average is a deep copy of G: its output layer must run
+    in fp32 too, and with the copy's weights, not G's."""
+    G = small_generator()
+    average = copy.deepcopy(G)
+    with torch.no_grad():
+        for p in average.parameters():
+            p.mul_(0.5)
+    z = torch.randn(4, 8)
+    seen = layer_dtypes(average)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not torch.allclose(average(z), G(z))
+    assert seen[-1] == torch.float32
+
+
+def test_a_network_without_layers_to_keep_is_refused():
+    with pytest.raises(ValueError, match='Tanh has no convolution or linear'):
+        helpers.output_layer_in_fp32(nn.Tanh())
+
+
+def test_print_names_the_float32_layer_and_the_weights_keep_their_names():
+    G = small_generator()
+    assert 'Float32ConvTranspose2d(8, 3,' in repr(G)
+    plain = dcgan.Generator(8, 8, 16)
+    assert list(G.state_dict()) == list(plain.state_dict())
+    G.load_state_dict(plain.state_dict())  # a saved generator loads as before
+    assert isinstance(G.upsample[-2], nn.ConvTranspose2d)  # weights_init
+
+
+def test_applying_it_twice_changes_nothing_more():
+    G = small_generator()
+    before = type(G.upsample[-2])
+    helpers.output_layer_in_fp32(G)
+    assert type(G.upsample[-2]) is before
+
+
+class PlusOneConv(nn.Conv2d):
+    """A learner's own convolution class, with its own forward."""
+
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+def test_a_layer_of_its_own_class_keeps_its_forward():
+    G = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), PlusOneConv(4, 3, 1))
+    x = torch.randn(2, 4, 4, 4)
+    expected = G(x)
+    helpers.output_layer_in_fp32(G)
+    assert type(G[1]).__name__ == 'Float32PlusOneConv'
+    assert torch.equal(G(x), expected)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = G(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, expected, atol=0.1)  # bf16 first layer
+
+
+def test_torch_compile_traces_it_in_one_graph():
+    """torch.compile of G must not break on the float32 layer (forward
+    hooks that left autocast by hand did)."""
+    G = small_generator()
+    compiled = torch.compile(G, backend='eager', fullgraph=True)
+    z = torch.randn(4, 8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        images = compiled(z)
+        expected = G(z)
+    assert images.dtype == torch.float32 and torch.equal(images, expected)
+
+
+def test_the_whole_generator_pickles(tmp_path):
+    G = small_generator()
+    torch.save(G, tmp_path / 'G.pt')
+    loaded = torch.load(tmp_path / 'G.pt', weights_only=False)
+    z = torch.randn(2, 8)
+    assert torch.equal(loaded(z), G(z))

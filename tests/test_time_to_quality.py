@@ -114,4 +114,4 @@ def test_write_up_quotes_the_committed_figures(saved):
 def test_every_cpu_type_is_committed():
     assert {path.name for path in SAVED} == {
         'time_to_quality.json', 'time_to_quality_amx.json',
-        'time_to_quality_amx_bf16.json'}
+        'time_to_quality_amx_fp32.json'}
