@@ -4,6 +4,7 @@ allocator, CPU facts.
 Chosen once per machine, printed once, overridable by the caller.
 """
 import ctypes
+import functools
 import platform
 import random
 import time
@@ -289,6 +290,7 @@ _FLOAT32_LAYERS = {nn.Conv2d: Float32Conv2d,
                    nn.Linear: Float32Linear}
 
 
+@functools.cache  # one class per layer class, however many generators
 def _float32_class(cls):
     """The float32 version of a layer class: one of the three above, or
     made here for a subclass of theirs (its own forward kept)."""

@@ -313,6 +313,9 @@ def test_a_layer_of_its_own_class_keeps_its_forward():
     expected = G(x)
     helpers.output_layer_in_fp32(G)
     assert type(G[1]).__name__ == 'Float32PlusOneConv'
+    other = nn.Sequential(PlusOneConv(4, 3, 1))
+    helpers.output_layer_in_fp32(other)
+    assert type(other[0]) is type(G[1])  # one class, not one per network
     assert torch.equal(G(x), expected)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = G(x)
