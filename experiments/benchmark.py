@@ -489,7 +489,11 @@ def run(args):
     """Measure every row; returns the report as a plain dict."""
     device = choose_device()
     amp_dtype = choose_precision(device, args.precision)  # the bf16 row's
-    notebook_dtype = choose_precision(device, train.NOTEBOOK['precision'])
+    # The notebook's choice: the same one unless --precision asked another
+    # (a second 'auto' would time the formats again, and might disagree).
+    notebook_dtype = (
+        amp_dtype if args.precision == train.NOTEBOOK['precision']
+        else choose_precision(device, train.NOTEBOOK['precision']))
     data_dir = prepare_data(args.data_dir)
     image_folder_root(data_dir)  # fails before the long parts
     # Enough images for every timed step to see new data, at most all.

@@ -42,6 +42,8 @@ def test_quick_benchmark_reports_every_row(tmp_path, capsys):
     table = capsys.readouterr().out
     assert '| course recipe, num_workers=0 |' in table
     assert '(default)' in table
+    # --precision and the notebook both say 'auto': one decision, one line
+    assert table.count('Precision:') == 1
 
 
 class DriftingClock:
