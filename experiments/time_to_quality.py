@@ -19,7 +19,10 @@ as training time):
   (facegen.run.kept_generator). The course's G is scored as its student
   copies left it, batch-norm statistics and all.
 
-Both go through the notebook's own epoch (dcgan.train_epoch). For each seed
+Both go through the notebook's own epoch (dcgan.train_epoch) and are seeded
+where the notebook seeds, so the default's run for the notebook's seed is
+the notebook's run, epoch for epoch, on the same CPU type and number
+format (a test compares it with the committed assets/run.json). For each seed
 the script finds the course's best score and when it got there, and when
 the default first scores as well: the ratio of the two times is how many
 times sooner the default draws faces as good.
@@ -57,7 +60,7 @@ from facegen.settings import COURSE, DEFAULT_DATA_DIR
 COURSE_EPOCHS = 20
 RECIPES = {  # name -> settings over COURSE
     'course': dict(COURSE, n_epochs=COURSE_EPOCHS, precision='fp32',
-                   print_every=50),
+                   print_every=50, sample_size=train.NOTEBOOK['sample_size']),
     'default': dict(COURSE, **train.NOTEBOOK),
 }
 SEEDS = (42, 43)
@@ -68,7 +71,6 @@ def train_recipe(name, seed, data, args, device, log):
     training time (wall and process CPU seconds, cumulative) and fast score
     after every epoch."""
     settings = dict(RECIPES[name], n_epochs=args.epochs[name])
-    seed_everything(seed)
     size = settings['image_size']
     loader = (course_loader(data['dir'], settings['batch_size'], size, 0,
                             is_training_file(data['dir']), args.n_images)
@@ -76,10 +78,20 @@ def train_recipe(name, seed, data, args, device, log):
               dcgan.get_dataloader(settings['batch_size'], size, data['dir'],
                                    args.n_images))
     amp_dtype = choose_precision(device, settings['precision'])
+    # Seeded and drawn in the notebook's order (train.py's too): the data
+    # first, then the seed, the networks, and the fixed noise of its preview,
+    # which this script does not draw but must take out of the random stream
+    # for the shuffles to be the notebook's. So the default's run for the
+    # notebook's seed is the notebook's run, epoch for epoch.
+    seed_everything(seed)
     D, G = dcgan.build_networks(settings['z_size'], settings['conv_dim'],
                                 size, device)
     d_opt, g_opt = dcgan.build_optimizers(
         D, G, settings['lr'], (settings['beta1'], settings['beta2']))
+    torch.randn(settings['sample_size'], settings['z_size'],
+                device=device)  # the notebook's fixed_z, not used here
+    # (The two recipes build the same networks: a seed starts both from the
+    # same weights.)
     total = settings['n_epochs'] * len(loader)
     schedulers = ([linear_decay(opt, total) for opt in (d_opt, g_opt)]
                   if settings['lr_decay'] else [])

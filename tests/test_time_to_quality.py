@@ -5,9 +5,12 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+import train
 from conftest import write_jpegs
 from experiments import time_to_quality as ttq
-from facegen.faces import list_faces, split_files
+from facegen.faces import list_faces, load_faces, split_files
+from facegen.score import epoch_scorer
 from facegen.runtime import can_keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +118,54 @@ def test_every_cpu_type_is_committed():
     assert {path.name for path in SAVED} == {
         'time_to_quality.json', 'time_to_quality_amx.json',
         'time_to_quality_amx_fp32.json'}
+
+
+def test_the_defaults_curve_is_the_notebooks_run(faces, tmp_path,
+                                                 monkeypatch):
+    """For a seed, the default's scores are those of the run train.py (and
+    so the notebook, tests/test_train_script.py) trains with the same
+    settings: the curve is the committed run's, not another draw."""
+    tiny = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
+            '--batch-size', '32', '--n-score', '16', '--precision', 'fp32',
+            '--epochs', '2', '--seed', '3']
+    out = tmp_path / 'train'
+    train.main(['--data', str(faces), '--out', str(out), *tiny])
+    config = train.make_config(train.parse_args(['--out', str(out), *tiny]))
+    monkeypatch.setitem(ttq.RECIPES, 'default', config)
+    args = ttq.parse_args([])
+    held_out = load_faces(faces, 16, split='held_out')  # (M, 3, 16, 16)
+    data = {'dir': faces,
+            'score': epoch_scorer(held_out, config['z_size'],
+                                  config['n_score'])}
+    run = ttq.train_recipe('default', 3, data, args, ttq.choose_device(),
+                           tmp_path / 'log.jsonl')
+    trained = helpers.load_checkpoint(out / 'checkpoint.pt')
+    assert [record['score'] for record in run['epochs']] == trained['scores']
+
+
+def test_the_committed_default_curve_is_the_committed_notebook_run():
+    """The write-ups say so: measured on the committed run's CPU type, in
+    its number format, the default's curve for its seed is that run's
+    per-epoch scores (assets/run.json), and the README shows that plot."""
+    notebook = json.loads((ROOT / 'assets' / 'run.json').read_text('utf-8'))
+    readme = (ROOT / 'README.md').read_text('utf-8')
+    same = []
+    for saved in SAVED:
+        report = json.loads(saved.read_text('utf-8'))
+        if ((report['cpu'], report['threads'], report['torch'],
+             report['default_precision'], report['n_score'],
+             report['epochs']['default'])
+                == (notebook['machine'], notebook['threads'],
+                    notebook['torch'], notebook['precision'],
+                    notebook['config']['n_score'],
+                    notebook['config']['n_epochs'])):
+            same.append(saved.name)
+            (run,) = [run for run in report['runs']
+                      if (run['recipe'], run['seed'])
+                      == ('default', notebook['config']['seed'])]
+            scores = [round(record['score'], 2) for record in run['epochs']]
+            assert scores == notebook['epoch_scores'], saved.name
+            assert f'assets/{saved.with_suffix(".png").name}' in readme
+    assert same, ('no time-to-quality measurement on the committed run\'s '
+                  'CPU type and number format: run python -m '
+                  'experiments.time_to_quality there')
