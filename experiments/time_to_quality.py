@@ -80,9 +80,11 @@ def train_recipe(name, seed, data, args, device, log):
     amp_dtype = choose_precision(device, settings['precision'])
     # Seeded and drawn in the notebook's order (train.py's too): the data
     # first, then the seed, the networks, and the fixed noise of its preview,
-    # which this script does not draw but must take out of the random stream
-    # for the shuffles to be the notebook's. So the default's run for the
-    # notebook's seed is the notebook's run, epoch for epoch.
+    # which this script has no use for but draws all the same, so that the
+    # shuffles after it are the notebook's. So the default's run for the
+    # notebook's seed is the notebook's run, epoch for epoch; and a seed
+    # starts both recipes from the same weights (they build the same
+    # networks).
     seed_everything(seed)
     D, G = dcgan.build_networks(settings['z_size'], settings['conv_dim'],
                                 size, device)
@@ -90,8 +92,6 @@ def train_recipe(name, seed, data, args, device, log):
         D, G, settings['lr'], (settings['beta1'], settings['beta2']))
     torch.randn(settings['sample_size'], settings['z_size'],
                 device=device)  # the notebook's fixed_z, not used here
-    # (The two recipes build the same networks: a seed starts both from the
-    # same weights.)
     total = settings['n_epochs'] * len(loader)
     schedulers = ([linear_decay(opt, total) for opt in (d_opt, g_opt)]
                   if settings['lr_decay'] else [])
