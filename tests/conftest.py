@@ -1,5 +1,5 @@
 """Shared pytest helpers: small face-like image folders made on the fly,
-and the solved notebook's cells."""
+the solved notebook's cells, and train.py's options for a tiny run."""
 
 import json
 import sys
@@ -12,6 +12,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests import helpers, dcgan, problem_unittests
+
+# train.py options for a run of seconds on 16x16 faces (write_jpegs' sizes)
+TINY = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
+        '--batch-size', '32', '--n-score', '16', '--sample-size', '4',
+        '--precision', 'fp32', '--print-every', '4']
 
 
 def notebook_cells(cell_type=None):

@@ -7,7 +7,7 @@ import pytest
 
 import helpers
 import train
-from conftest import write_jpegs
+from conftest import TINY, write_jpegs
 from experiments import time_to_quality as ttq
 from facegen.faces import list_faces, load_faces, split_files
 from facegen.score import epoch_scorer
@@ -125,9 +125,7 @@ def test_the_defaults_curve_is_the_notebooks_run(faces, tmp_path,
     """For a seed, the default's scores are those of the run train.py (and
     so the notebook, tests/test_train_script.py) trains with the same
     settings: the curve is the committed run's, not another draw."""
-    tiny = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
-            '--batch-size', '32', '--n-score', '16', '--precision', 'fp32',
-            '--epochs', '2', '--seed', '3']
+    tiny = [*TINY, '--epochs', '2', '--seed', '3']
     out = tmp_path / 'train'
     train.main(['--data', str(faces), '--out', str(out), *tiny])
     config = train.make_config(train.parse_args(['--out', str(out), *tiny]))

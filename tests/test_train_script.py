@@ -16,13 +16,10 @@ import torch
 import dcgan
 import helpers
 import train
-from conftest import notebook_cells, write_jpegs
+from conftest import TINY, notebook_cells, write_jpegs
 from facegen import report
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--image-size', '16', '--conv-dim', '8', '--z-size', '8',
-        '--batch-size', '32', '--n-score', '16', '--sample-size', '4',
-        '--precision', 'fp32', '--print-every', '4']
 EPOCHS = ['--epochs', '2']
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # for the commands run below
 COMPARED = ('D', 'G', 'opt_D', 'opt_G', 'lr_D', 'lr_G', 'losses', 'samples',
