@@ -35,7 +35,8 @@ from facegen.fetch import prepare_data
 from facegen.metrics import append_jsonl
 from facegen.run import linear_decay, save_generator
 from facegen.runtime import (choose_device, choose_precision, cpu_type,
-                             keep_freed_memory, seed_everything)
+                             keep_freed_memory, precision_label,
+                             seed_everything)
 from facegen.sampling import recalibrate_batch_norm
 from facegen.score import real_floor, score_generator
 from facegen.settings import COURSE, DEFAULT_DATA_DIR
@@ -157,7 +158,7 @@ def run_variant(name, budget_s, data, device, amp_dtypes, args):
     score = score_generator(scored, settings['z_size'], data['held_out'],
                             data['train'], args.n)[0]
     row = {'variant': name, 'what': what,
-           'precision': str(amp_dtype or 'fp32'), 'steps': steps,
+           'precision': precision_label(amp_dtype), 'steps': steps,
            'epochs': round(steps / len(loader), 2), 'cpu_s': budget_s,
            'wall_s': round(wall, 1), 'seed': args.seed, **score}
     out_dir = Path(args.out_dir)

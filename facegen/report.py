@@ -71,17 +71,20 @@ def results_table(figures):
 def runs_table(runs):
     """TRAINING.md's table of runs of train.py: one row per run's figures
     (its run.json), with the score's figures as in results_table. The first
-    column names the run: image size, width, seed, and whether the kept
-    generator is the average of G's weights or G's last weights."""
+    column names the run: image size, width, learning rate, seed, and
+    whether the kept generator is the average of G's weights or G's last
+    weights."""
     lines = ['| run | machine | training | SWD | floor | score ÷ floor '
              '| memorisation |', '|---|---|---|---:|---:|---:|---:|']
     for figures in runs:
         config, score = figures['config'], figures['score']
         size, epochs = config['image_size'], len(figures['epoch_seconds'])
         kept = 'average of G' if config.get('ema_decay') else 'last G'
+        lr = f"lr {config['lr']:g}" + (
+            ' falling to 0' if config['lr_decay'] else '')
         processes = figures.get('processes', 1)
         lines.append(
-            f"| {size}×{size}, conv_dim {config['conv_dim']}, seed "
+            f"| {size}×{size}, conv_dim {config['conv_dim']}, {lr}, seed "
             f"{config['seed']}, {kept} | "
             f"{figures['machine']}, {processes} × {figures['threads']} "
             f"threads, {figures['precision']} | {epochs} epochs, "

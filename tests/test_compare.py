@@ -9,7 +9,7 @@ import dcgan
 from conftest import write_jpegs
 from experiments import compare
 from facegen.run import load_generator
-from facegen.runtime import can_keep_freed_memory
+from facegen.runtime import can_keep_freed_memory, precision_label
 from facegen.settings import COURSE
 
 
@@ -26,6 +26,11 @@ def test_quick_comparison_scores_every_variant(tmp_path, capsys):
     assert report['n'] == 30  # every held-out face of 300
     assert report['floor_swd'] > 0
     assert report['freed_memory_kept'] == can_keep_freed_memory()
+    # named as every other script's JSON names them ('auto' may be either)
+    course, *fast = [row['precision'] for row in report['rows']]
+    assert course == 'fp32'
+    assert fast[0] == fast[1] in {precision_label(None),
+                                  precision_label(torch.bfloat16)}
     for row in report['rows']:
         assert row['steps'] >= 1 and row['swd'] > report['floor_swd'], row
         assert row['memorisation'] > 0, row  # untrained: far from any face

@@ -61,6 +61,11 @@ def run_steps(mode):
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def losses(run):
+    """A run_steps report's losses, D's and G's of every step, in order."""
+    return [loss for step in run['losses'] for loss in step]
+
+
 @pytest.mark.skipif(runtime._glibc() is None, reason='needs glibc (Linux)')
 def test_steps_stop_faulting_and_keep_their_numbers():
     plain, kept = run_steps('plain'), run_steps('keep')
@@ -70,7 +75,11 @@ def test_steps_stop_faulting_and_keep_their_numbers():
     # kept: at most 2% of those faults are left (measured: 0 to 113 a step,
     # the heap still growing now and then)
     assert kept['after'] < plain['after'] / 50, (plain, kept)
-    assert kept['losses'] == plain['losses']  # to the last bit
+    # the same numbers up to float rounding: the allocator's setting moves
+    # buffers to other addresses, and MKL and oneDNN do not promise the same
+    # last bits at every address (once, on AMX, the 7th digit differed)
+    assert losses(kept) == pytest.approx(losses(plain), rel=1e-5), (
+        plain['losses'], kept['losses'])
 
 
 def test_without_glibc_nothing_changes(monkeypatch, capsys):
