@@ -72,14 +72,15 @@ def runs_table(runs):
     """TRAINING.md's table of runs of train.py: one row per run's figures
     (its run.json), with the score's figures as in results_table. The first
     column names the run: image size, width, learning rate, seed, and
-    whether the kept generator is the average of G's weights or G's last
-    weights."""
+    whether the kept generator is the average of G's weights (with its
+    decay) or G's last weights."""
     lines = ['| run | machine | training | SWD | floor | score ÷ floor '
              '| memorisation |', '|---|---|---|---:|---:|---:|---:|']
     for figures in runs:
         config, score = figures['config'], figures['score']
         size, epochs = config['image_size'], len(figures['epoch_seconds'])
-        kept = 'average of G' if config.get('ema_decay') else 'last G'
+        kept = (f"average of G ({config['ema_decay']:g})"
+                if config.get('ema_decay') else 'last G')
         lr = f"lr {config['lr']:g}" + (
             ' falling to 0' if config['lr_decay'] else '')
         processes = figures.get('processes', 1)

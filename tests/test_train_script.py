@@ -281,7 +281,8 @@ def test_run_folder_log_and_generator(faces, tmp_path):
     assert figures['score'] == {key: round(value, 2) for key, value
                                 in score.items()}
     assert (f"| 16×16, conv_dim 8, lr {train.NOTEBOOK['lr']:g} falling to "
-            f"0, seed {figures['config']['seed']}, average of G |"
+            f"0, seed {figures['config']['seed']}, average of G "
+            f"({train.NOTEBOOK['ema_decay']:g}) |"
             ) in report.runs_table([figures])
     # Batch norm re-estimated for the final weights; the checkpoint keeps
     # the statistics training left.
