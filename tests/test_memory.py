@@ -68,7 +68,7 @@ def losses(run):
 
 
 @pytest.mark.skipif(runtime._glibc() is None, reason='needs glibc (Linux)')
-def test_steps_stop_faulting_and_keep_their_numbers():
+def test_steps_stop_faulting_and_still_train():
     plain, kept = run_steps('plain'), run_steps('keep')
     # freed blocks go back to the OS and fault in again on every step
     assert min(plain['before'], plain['after'], kept['before']) > 10_000, (
