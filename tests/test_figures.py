@@ -48,21 +48,49 @@ def test_train_py_repeats_the_committed_notebook_run():
         assert figures['score'] == FIGURES['score']
 
 
-def test_the_precision_comparison_quotes_the_committed_runs():
-    """TRAINING.md's fp32-or-bf16 paragraph: each score ratio it gives is a
-    committed run's, and each time per epoch a committed run's average."""
+def guide_section(start, end):
+    """TRAINING.md's text from the paragraph that starts with start up to
+    the one that starts with end (or the next blank line when end is
+    None)."""
     guide = (ROOT / 'TRAINING.md').read_text(encoding='utf-8')
-    paragraph = guide[guide.index('**fp32 or bf16.**'):]
-    paragraph = paragraph[:paragraph.index('\n\n')]
+    section = guide[guide.index(start):]
+    return section[:section.index(end or '\n\n')]
+
+
+def same_recipe(a, b):
+    """True when two committed runs differ in their seed only (precision
+    'auto' and the format it chose count as the same)."""
+    def recipe(run):
+        return ({**run['config'], 'seed': None, 'precision': None},
+                run['machine'], run['precision'])
+    return recipe(a) == recipe(b)
+
+
+@pytest.mark.parametrize('start, end', [('**fp32 or bf16.**', None),
+                                        ('**64 px.**', '**fp32 or bf16.**')])
+def test_training_guide_quotes_the_committed_runs(start, end):
+    """TRAINING.md's comparisons of committed runs (bf16 against fp32 at
+    32 px, the recipes at 64 px): each score ratio they give is a committed
+    run's, or the difference between two runs of one recipe (the spread
+    between seeds); each time per epoch a committed run's average, and each
+    time in minutes a committed run's training time."""
+    text = guide_section(start, end)
     runs = report.committed_runs(ROOT / 'assets')
-    ratios = {f"{run['score']['swd_over_floor']:.2f}" for run in runs}
+    ratio = {id(run): run['score']['swd_over_floor'] for run in runs}
+    ratios = {f'{value:.2f}' for value in ratio.values()}
+    spreads = {f'{abs(ratio[id(a)] - ratio[id(b)]):.2f}'
+               for a in runs for b in runs if same_recipe(a, b)}
     epoch_s = {f"{run['train_seconds'] / len(run['epoch_seconds']):.1f}"
                for run in runs}
-    quoted = re.findall(r'(\d+\.\d+)×', paragraph)
-    assert len(quoted) >= 4 and set(quoted) <= ratios, quoted
-    seconds = re.findall(r'(\d+\.\d+) (?:to (\d+\.\d+) )?s\b', paragraph)
+    quoted = set(re.findall(r'(\d+\.\d+)×', text))
+    unknown = quoted - ratios - spreads
+    assert len(quoted) >= 4 and not unknown, unknown
+    seconds = re.findall(r'(\d+\.\d+) (?:to (\d+\.\d+) )?s\b', text)
     quoted = {number for pair in seconds for number in pair if number}
-    assert quoted and quoted <= epoch_s, quoted
+    assert quoted and quoted <= epoch_s, quoted - epoch_s
+    minutes = {str(round(run['train_seconds'] / 60)) for run in runs}
+    quoted = set(re.findall(r'\b(\d+) min\b', text))
+    assert quoted <= minutes, quoted - minutes  # training time, rounded
 
 
 def test_run_json_belongs_to_the_published_generator():
