@@ -134,7 +134,8 @@ def parse_args(argv=None):
         help="keep, score and publish the exponential moving average of G's "
              "weights with this decay (default %(default)s)")
     add('--no-ema', dest='ema_decay', action='store_const', const=None,
-        help="keep G's last weights instead of their average")
+        help="keep G's last weights instead of their average (at 64 px "
+             "they scored better on every seed tried: TRAINING.md)")
     add('--seed', type=int, metavar='N', default=default['seed'],
         help='random seed (default %(default)s)')
     add('--precision', choices=PRECISIONS, default=default['precision'],
