@@ -57,6 +57,11 @@ def guide_section(start, end):
     return section[:section.index(end or '\n\n')]
 
 
+def score_ratio(run):
+    """A committed run's score over the real-vs-real floor."""
+    return run['score']['swd_over_floor']
+
+
 def same_recipe(a, b):
     """True when two committed runs differ in their seed only (precision
     'auto' and the format it chose count as the same)."""
@@ -76,9 +81,8 @@ def test_training_guide_quotes_the_committed_runs(start, end):
     time in minutes a committed run's training time."""
     text = guide_section(start, end)
     runs = report.committed_runs(ROOT / 'assets')
-    ratio = {id(run): run['score']['swd_over_floor'] for run in runs}
-    ratios = {f'{value:.2f}' for value in ratio.values()}
-    spreads = {f'{abs(ratio[id(a)] - ratio[id(b)]):.2f}'
+    ratios = {f'{score_ratio(run):.2f}' for run in runs}
+    spreads = {f'{abs(score_ratio(a) - score_ratio(b)):.2f}'
                for a in runs for b in runs if same_recipe(a, b)}
     epoch_s = {f"{run['train_seconds'] / len(run['epoch_seconds']):.1f}"
                for run in runs}
